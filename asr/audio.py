@@ -1,0 +1,104 @@
+"""Audio loading: any file libsndfile reads, as mono float32 at 16 kHz.
+
+``load_audio(path)`` returns a float32 array of shape [num_samples] in [-1, 1] at
+``SAMPLE_RATE``. Every failure raises ``AudioError`` with a one-line, specific reason.
+Only numpy, soundfile and soxr are imported here, so the on-device runtime can use it.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+SAMPLE_RATE = 16000  # Hz; every model in this project consumes 16 kHz audio
+AUDIO_EXTENSIONS = frozenset(
+    ".wav .flac .ogg .oga .opus .mp3 .aiff .aif .aifc .au .snd .caf .w64 .rf64 .sph .nist .voc".split()
+)
+
+
+class AudioError(ValueError):
+    """A file that cannot be used as audio. ``str(err)`` is one line that names the reason."""
+
+
+def _check_riff_length(path: Path) -> None:
+    """Raise AudioError if a RIFF/WAVE file's data chunk claims more bytes than the file holds."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return
+            cid, clen = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if cid == b"data":
+                have = size - f.tell()
+                if clen != 0xFFFFFFFF and clen > have:
+                    raise AudioError(
+                        f"truncated WAV: the header declares {clen} bytes of audio, the file holds {have}"
+                    )
+                return
+            f.seek(clen + (clen & 1), os.SEEK_CUR)
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Read ``path`` and return mono float32 samples at ``sample_rate``.
+
+    Returns: float32 array [num_samples]. Channels are averaged; other rates are resampled
+    with soxr (high quality). 16/24/32-bit integer and float PCM are all scaled to [-1, 1].
+    Raises AudioError: missing file, a directory, an empty or non-audio file, a truncated
+    file, zero samples, or NaN/infinite samples.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise AudioError("file not found")
+    if path.is_dir():
+        raise AudioError("is a directory, not an audio file")
+    if path.stat().st_size == 0:
+        raise AudioError("empty file (0 bytes)")
+    _check_riff_length(path)
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError) as err:
+        raise AudioError(f"not a readable audio file ({_reason(err)})") from None
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as err:
+        raise AudioError(f"cannot decode audio, the file may be truncated or corrupt ({_reason(err)})") from None
+    declared = info.frames
+    if 0 < declared < 2**62 and data.shape[0] < declared:
+        raise AudioError(f"truncated: the header declares {declared} samples, only {data.shape[0]} could be read")
+    if data.shape[0] == 0:
+        raise AudioError("contains no samples")
+    if not np.isfinite(data).all():
+        raise AudioError("contains NaN or infinite samples")
+    audio = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    if rate != sample_rate:
+        audio = soxr.resample(audio, rate, sample_rate, quality="HQ")
+    # Float files may exceed full scale, and resampling overshoots near it: keep [-1, 1].
+    return np.ascontiguousarray(np.clip(audio, -1.0, 1.0), dtype=np.float32)
+
+
+def _reason(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    msg = text[-1] if text else type(err).__name__
+    # libsndfile prefixes messages with the path; keep only the reason.
+    return msg.split(": ", 1)[-1] if ": " in msg else msg
+
+
+def is_audio_path(path: Path) -> bool:
+    """True when ``path`` has an extension libsndfile formats use."""
+    return path.suffix.lower() in AUDIO_EXTENSIONS
+
+
+def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    """Write mono float samples as 16-bit PCM WAV, atomically (temporary file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    sf.write(str(tmp), np.clip(audio, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
+    os.replace(tmp, path)

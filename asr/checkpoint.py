@@ -1,0 +1,151 @@
+"""Model directories and training checkpoints, each written atomically.
+
+A model directory, what ``asr transcribe --model`` and ``asr evaluate`` take:
+    model.json   {"format", "version", "asr_version", "config": ExperimentConfig.to_dict(),
+                  "normalization_stats": GlobalStats or null, "corpus", "metrics", ...}
+    weights.h5   tf_keras weights of the model built with ``with_lengths=True``
+
+A training checkpoint ``epoch-NNNN/``: ``state.json`` (epoch, best dev loss, early-stop
+counter) plus a tf.train.Checkpoint of the network and the optimizer (slots, step count).
+Each is written into a temporary folder and renamed into place, so a kill never leaves a
+half-written one.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from asr import __version__
+from asr.config import ExperimentConfig
+from asr.features import GlobalStats
+
+MODEL_FORMAT = "asr-keras-model"
+MODEL_FORMAT_VERSION = 1
+MODEL_JSON = "model.json"
+WEIGHTS = "weights.h5"
+
+
+class ModelDirError(ValueError):
+    pass
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move folder ``tmp`` to ``final``, replacing what was there, never leaving neither."""
+    old = final.with_name(final.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def write_json(path: Path, data) -> None:
+    """Write JSON atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def save_model_dir(path, config: ExperimentConfig, net, stats: GlobalStats | None, **info) -> Path:
+    """Write a model directory for ``net`` (built with_lengths=True). ``info`` (corpus,
+    metrics, epoch, ...) is stored in model.json."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    net.save_weights(str(tmp / WEIGHTS))
+    meta = {
+        "format": MODEL_FORMAT,
+        "version": MODEL_FORMAT_VERSION,
+        "asr_version": __version__,
+        "config": config.to_dict(),
+        "normalization_stats": stats.to_dict() if stats is not None else None,
+        **info,
+    }
+    write_json(tmp / MODEL_JSON, meta)
+    replace_dir(tmp, path)
+    return path
+
+
+def read_model_meta(path) -> dict:
+    """model.json of a model directory, checked for format; raises ModelDirError."""
+    path = Path(path)
+    meta_path = path / MODEL_JSON
+    if not path.is_dir():
+        raise ModelDirError(f"{path}: model directory not found")
+    if not meta_path.is_file() or not (path / WEIGHTS).is_file():
+        raise ModelDirError(f"{path}: not a model directory (needs {MODEL_JSON} and {WEIGHTS})")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ModelDirError(f"{meta_path}: corrupt ({err.msg})") from None
+    if meta.get("format") != MODEL_FORMAT:
+        raise ModelDirError(f"{meta_path}: unknown format {meta.get('format')!r}")
+    return meta
+
+
+def load_model_dir(path):
+    """Returns (config, stats, meta, net); net is the tf_keras model built with_lengths=True."""
+    from asr.model import build_model
+
+    meta = read_model_meta(path)
+    config = ExperimentConfig.from_dict(meta["config"])
+    stats = GlobalStats.from_dict(meta["normalization_stats"]) if meta.get("normalization_stats") else None
+    net = build_model(config.model, config.features.n_mels, config.vocabulary.size)
+    net.load_weights(str(Path(path) / WEIGHTS))
+    return config, stats, meta, net
+
+
+def checkpoint_dirs(ckpt_root: Path) -> list[Path]:
+    """Finished checkpoints, oldest first."""
+    if not ckpt_root.is_dir():
+        return []
+    found = [p for p in ckpt_root.glob("epoch-*") if p.is_dir() and (p / "state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def save_checkpoint(ckpt_root: Path, epoch: int, net, optimizer, state: dict, keep: int) -> Path:
+    """Write checkpoint ``epoch-{epoch}`` atomically and keep only the newest ``keep``."""
+    import tensorflow as tf
+
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"epoch-{epoch:04d}"
+    tmp = ckpt_root / f".epoch-{epoch:04d}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tf.train.Checkpoint(net=net, optimizer=optimizer).write(str(tmp / "ckpt"))
+    write_json(tmp / "state.json", state)
+    replace_dir(tmp, final)
+    for old in checkpoint_dirs(ckpt_root)[:-keep]:
+        shutil.rmtree(old)
+    return final
+
+
+def restore_checkpoint(ckpt_dir: Path, net, optimizer) -> dict:
+    """Restore network and optimizer state; returns the checkpoint's state.json."""
+    import tensorflow as tf
+
+    tf.train.Checkpoint(net=net, optimizer=optimizer).read(str(ckpt_dir / "ckpt")).expect_partial()
+    return json.loads((ckpt_dir / "state.json").read_text())
+
+
+def publish_model(src, dest, metrics: dict) -> Path:
+    """Copy model directory ``src`` to ``dest`` (atomically), adding ``metrics`` (name -> an
+    evaluation summary) to its model.json."""
+    src, dest = Path(src), Path(dest)
+    meta = read_model_meta(src)
+    tmp = dest.with_name(dest.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(src, tmp)
+    keep = ("wer", "cer", "words", "utterances", "word_errors", "manifest")
+    meta["metrics"] = {name: {k: s[k] for k in keep if k in s} for name, s in metrics.items()}
+    write_json(tmp / MODEL_JSON, meta)
+    replace_dir(tmp, dest)
+    return dest

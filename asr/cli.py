@@ -1,0 +1,162 @@
+"""The ``asr`` command: thin wrappers over library functions, one subcommand each.
+
+    asr download fsdd --dest DIR [--url URL]
+    asr prepare fsdd --data-dir DIR --out DIR [--heldout-speaker NAME] [--seed N]
+    asr train --train M [M ...] --dev M --exp DIR [--config YAML] [--set section.key=value ...]
+    asr evaluate --model DIR --manifest M --out DIR
+    asr transcribe PATH ... [--model DIR] [--format text|json]
+    asr publish --model DIR --dest DIR [--metrics JSON ...]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _add_download(sub):
+    p = sub.add_parser("download", help="download and unpack a corpus")
+    p.add_argument("corpus", choices=["fsdd"])
+    p.add_argument("--dest", required=True, type=Path, help="folder to unpack into")
+    p.add_argument("--url", default=None, help="archive URL (a mirror); default: the corpus's release")
+    p.set_defaults(func=cmd_download)
+
+
+def _add_prepare(sub):
+    p = sub.add_parser("prepare", help="write JSONL manifests for a corpus")
+    p.add_argument("corpus", choices=["fsdd"])
+    p.add_argument("--data-dir", required=True, type=Path, help="an unpacked copy of the corpus")
+    p.add_argument("--out", required=True, type=Path, help="folder for manifests and generated audio")
+    p.add_argument("--heldout-speaker", default=None, help="speaker held out of training (FSDD)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_prepare)
+
+
+def _add_train(sub):
+    p = sub.add_parser("train", help="train (or resume) a model")
+    p.add_argument("--train", nargs="+", required=True, type=Path, help="training manifest(s)")
+    p.add_argument("--dev", nargs="*", type=Path, default=[], help="dev manifest(s): best model, early stop, WER")
+    p.add_argument("--exp", required=True, type=Path, help="experiment folder (resumes if it exists)")
+    p.add_argument("--config", type=Path, default=None, help="YAML overriding the defaults")
+    p.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE", help="override config keys")
+    p.add_argument("--corpus", default="", help="name of the training corpus, stored in the model")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for TensorFlow (default: all)")
+    p.add_argument("--max-epochs", type=int, default=None, help="stop this run after N epochs in total")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_evaluate(sub):
+    p = sub.add_parser("evaluate", help="WER/CER of a model on a manifest, written to files")
+    p.add_argument("--model", required=True, type=Path, help="model directory")
+    p.add_argument("--manifest", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="folder for hyps.tsv, errors.txt, summary.json")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=cmd_evaluate)
+
+
+def _add_transcribe(sub):
+    p = sub.add_parser("transcribe", help="transcribe audio files, folders or manifests")
+    p.add_argument("paths", nargs="+", help="audio files, folders (searched recursively) or .jsonl manifests")
+    p.add_argument("--model", default=None, help="model directory (default: the shipped FSDD model)")
+    p.add_argument("--format", choices=["text", "json"], default="text", help="text: path<TAB>text lines")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(func=cmd_transcribe)
+
+
+def _add_publish(sub):
+    p = sub.add_parser("publish", help="copy a trained model and its measured metrics to a folder")
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--dest", required=True, type=Path)
+    p.add_argument("--metrics", nargs="*", default=[], metavar="NAME=SUMMARY.json", help="evaluation summaries")
+    p.set_defaults(func=cmd_publish)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="asr", description="CTC speech recognition: prepare, train, evaluate, transcribe")
+    from asr import __version__
+
+    parser.add_argument("--version", action="version", version=f"asr {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_download, _add_prepare, _add_train, _add_evaluate, _add_transcribe, _add_publish):
+        add(sub)
+    return parser
+
+
+def cmd_download(args) -> int:
+    from asr.corpora import fsdd
+
+    fsdd.download(args.dest, url=args.url)
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from asr.corpora import fsdd
+
+    summary = fsdd.prepare(args.data_dir, args.out, heldout_speaker=args.heldout_speaker or fsdd.HELDOUT_DEFAULT, seed=args.seed)
+    for problem in summary["problems"]:
+        print(f"warning: {problem}", file=sys.stderr)
+    print(f"prepared {summary['recordings']} recordings of {len(summary['speakers'])} speakers into {args.out}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from asr.config import load_config
+    from asr.training import configure_threads, train
+
+    config = load_config(args.config, args.set)
+    configure_threads(args.threads)
+    best = train(config, args.train, args.dev, args.exp, corpus=args.corpus, max_epochs=args.max_epochs)
+    print(f"best model: {best}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from asr.evaluation import evaluate, summary_line
+
+    summary = evaluate(args.model, args.manifest, args.out, batch_size=args.batch_size)
+    print(f"{args.manifest}: {summary_line(summary)} -> {args.out}")
+    for failure in summary["failures"]:
+        print(f"error: {failure}", file=sys.stderr)
+    return 0
+
+
+def cmd_transcribe(args) -> int:
+    from asr.transcription import expand_inputs, load_recognizer
+
+    paths, problems = expand_inputs(args.paths)
+    results = list(problems)
+    if paths:
+        results += load_recognizer(args.model).transcribe_files(paths, batch_size=args.batch_size)
+    for res in results:
+        if res.error:
+            print(f"error: {res.path}: {res.error}", file=sys.stderr)
+        elif args.format == "text":
+            print(f"{res.path}\t{res.text}")
+    if args.format == "json":
+        print(json.dumps([r.to_dict() for r in results], ensure_ascii=False, indent=1))
+    return 1 if any(r.error for r in results) else 0
+
+
+def cmd_publish(args) -> int:
+    from asr.checkpoint import publish_model
+
+    metrics = {}
+    for item in args.metrics:
+        name, _, path = item.partition("=")
+        metrics[name] = json.loads(Path(path).read_text())
+    dest = publish_model(args.model, args.dest, metrics)
+    print(f"published {args.model} -> {dest}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError, OSError) as err:
+        print(f"asr {args.command}: error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,1 @@
+"""Corpus preparation: download and manifests, one module per corpus."""

@@ -1,0 +1,210 @@
+"""Free Spoken Digit Dataset (FSDD): download, check, and manifests.
+
+Source: v1.0.10 of github.com/Jakobovski/free-spoken-digit-dataset (CC BY-SA 4.0):
+``recordings/{digit}_{speaker}_{index}.wav``, 8 kHz mono, index 0-49 per digit and speaker.
+
+Manifests written by ``prepare`` (JSONL, see asr.manifest), in out_dir:
+    split/     the dataset's own split: test = index 0-4, dev = index 5-9, train = 10-49
+    heldout/   all speakers but one for train (dev = their index 5-9), that one for test
+each with isolated-digit manifests ``{train,dev,test}.jsonl``, connected-digit manifests
+``{train,dev,test}_connected.jsonl`` (1 to 7 digits of one speaker joined by 50-300 ms pauses,
+drawn only from the same part's recordings, deterministic by seed), and
+``train_nonspeech.jsonl`` (silence and faint noise with an empty transcript).
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from asr.manifest import Utterance, write_manifest
+from asr.text import DIGIT_WORDS
+
+VERSION = "1.0.10"
+ARCHIVE_URL = f"https://github.com/Jakobovski/free-spoken-digit-dataset/archive/refs/tags/v{VERSION}.tar.gz"
+FILE_RE = re.compile(r"^(\d)_([a-z]+)_(\d+)\.wav$")
+SOURCE_RATE = 8000  # Hz
+INDICES = 50  # recordings per digit and speaker
+TEST_INDICES = range(0, 5)  # the dataset's own test split
+DEV_INDICES = range(5, 10)  # carved from the dataset's train split
+MIN_PAUSE, MAX_PAUSE = 0.05, 0.30  # seconds between connected digits
+MAX_DIGITS = 7
+CONNECTED_PER_SPEAKER = {"train": 300, "dev": 20, "test": 50}
+NONSPEECH = 60  # empty-transcript examples in the training set
+HELDOUT_DEFAULT = "george"
+
+
+class CorpusError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Recording:
+    path: Path
+    digit: int
+    speaker: str
+    index: int
+    duration: float
+
+    @property
+    def id(self) -> str:
+        return f"{self.digit}_{self.speaker}_{self.index}"
+
+
+def find_recordings(data_dir) -> Path:
+    """The ``recordings`` folder inside ``data_dir`` (itself, or one level down as in the archive)."""
+    data_dir = Path(data_dir)
+    for cand in [data_dir / "recordings", *sorted(data_dir.glob("*/recordings")), data_dir]:
+        if cand.is_dir() and any(cand.glob("*_*_*.wav")):
+            return cand
+    raise CorpusError(f"{data_dir}: no FSDD recordings found (expected recordings/{{digit}}_{{speaker}}_{{index}}.wav)")
+
+
+def scan(data_dir) -> tuple[list[Recording], list[str]]:
+    """Check the recordings folder: names, completeness per speaker, readable headers.
+
+    Returns (recordings, problems). Unexpected names and unreadable files are problems, as is
+    a speaker without exactly 10 x 50 recordings."""
+    rec_dir = find_recordings(data_dir)
+    recs, problems = [], []
+    for path in sorted(rec_dir.iterdir()):
+        m = FILE_RE.match(path.name)
+        if not m:
+            if not path.name.startswith("."):
+                problems.append(f"unexpected file name: {path.name}")
+            continue
+        digit, speaker, index = int(m.group(1)), m.group(2), int(m.group(3))
+        if index >= INDICES:
+            problems.append(f"index out of range: {path.name}")
+            continue
+        try:
+            info = sf.info(str(path))
+        except Exception as err:  # libsndfile raises several types
+            problems.append(f"unreadable: {path.name} ({err})")
+            continue
+        recs.append(Recording(path.resolve(), digit, speaker, index, info.frames / info.samplerate))
+    per_speaker = Counter(r.speaker for r in recs)
+    for speaker, n in sorted(per_speaker.items()):
+        if n != 10 * INDICES:
+            problems.append(f"speaker {speaker}: {n} recordings, expected {10 * INDICES}")
+    if not recs:
+        raise CorpusError(f"{rec_dir}: no usable recordings")
+    return recs, problems
+
+
+def _utterance(rec: Recording) -> Utterance:
+    return Utterance(rec.id, str(rec.path), round(rec.duration, 4), DIGIT_WORDS[rec.digit], rec.speaker)
+
+
+def _connected(recs: list[Recording], count: int, rng: np.random.Generator, out_dir: Path, prefix: str):
+    """``count`` connected-digit utterances from one speaker's ``recs``, written as 8 kHz WAVs."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    utts = []
+    for n in range(count):
+        k = int(rng.integers(1, MAX_DIGITS + 1))
+        picks = [recs[int(i)] for i in rng.integers(0, len(recs), size=k)]
+        pieces = []
+        for j, rec in enumerate(picks):
+            audio, rate = sf.read(str(rec.path), dtype="float32")
+            if rate != SOURCE_RATE:
+                raise CorpusError(f"{rec.path}: expected {SOURCE_RATE} Hz, found {rate}")
+            if j:
+                pause = int(rng.uniform(MIN_PAUSE, MAX_PAUSE) * SOURCE_RATE)
+                floor = float(np.std(audio[: SOURCE_RATE // 50]))  # noise floor: the first 20 ms
+                pieces.append(rng.normal(0.0, floor, pause).astype(np.float32))
+            pieces.append(audio)
+        audio = np.concatenate(pieces)
+        uid = f"{prefix}-{n:04d}"
+        path = out_dir / f"{uid}.wav"
+        sf.write(str(path), audio, SOURCE_RATE, subtype="PCM_16")
+        text = " ".join(DIGIT_WORDS[r.digit] for r in picks)
+        utts.append(Utterance(uid, str(path), round(len(audio) / SOURCE_RATE, 4), text, picks[0].speaker))
+    return utts
+
+
+def _nonspeech(count: int, rng: np.random.Generator, out_dir: Path) -> list[Utterance]:
+    """Digital silence and faint white noise (-90 to -50 dBFS), 0.2-2 s, empty transcripts."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    utts = []
+    for n in range(count):
+        samples = int(rng.uniform(0.2, 2.0) * SOURCE_RATE)
+        level = 0.0 if n % 4 == 0 else 10 ** (rng.uniform(-90, -50) / 20)
+        audio = rng.normal(0.0, level, samples).astype(np.float32)
+        uid = f"nonspeech-{n:03d}"
+        path = out_dir / f"{uid}.wav"
+        sf.write(str(path), audio, SOURCE_RATE, subtype="PCM_16")
+        utts.append(Utterance(uid, str(path), round(samples / SOURCE_RATE, 4), "", ""))
+    return utts
+
+
+def _write_part(out_dir: Path, audio_dir: Path, parts: dict[str, list[Recording]], seed: int, counts: dict) -> dict:
+    """Isolated and connected manifests for each part (train/dev/test) of one split."""
+    written = {}
+    for p_i, (part, recs) in enumerate(parts.items()):
+        write_manifest(out_dir / f"{part}.jsonl", [_utterance(r) for r in recs])
+        by_speaker = defaultdict(list)
+        for r in recs:
+            by_speaker[r.speaker].append(r)
+        connected = []
+        for s_i, (speaker, srecs) in enumerate(sorted(by_speaker.items())):
+            rng = np.random.default_rng([seed, p_i, s_i])
+            connected += _connected(srecs, counts[part], rng, audio_dir / part, f"{part}-{speaker}")
+        write_manifest(out_dir / f"{part}_connected.jsonl", connected)
+        written[part] = (len(recs), len(connected))
+    nonspeech = _nonspeech(NONSPEECH, np.random.default_rng([seed, 99]), audio_dir / "nonspeech")
+    write_manifest(out_dir / "train_nonspeech.jsonl", nonspeech)
+    return written
+
+
+def prepare(data_dir, out_dir, heldout_speaker: str = HELDOUT_DEFAULT, seed: int = 0, connected=None) -> dict:
+    """Write the manifests described in the module docstring; returns a summary dict.
+
+    Raises CorpusError when the recordings are missing or the held-out speaker is absent.
+    Problems found by ``scan`` (odd names, incomplete speakers) are reported, not fatal."""
+    recs, problems = scan(data_dir)
+    speakers = sorted({r.speaker for r in recs})
+    if heldout_speaker not in speakers:
+        raise CorpusError(f"held-out speaker {heldout_speaker!r} not in the data (speakers: {', '.join(speakers)})")
+    counts = {**CONNECTED_PER_SPEAKER, **(connected or {})}
+    out_dir = Path(out_dir)
+    own = {
+        "train": [r for r in recs if r.index >= DEV_INDICES.stop],
+        "dev": [r for r in recs if r.index in DEV_INDICES],
+        "test": [r for r in recs if r.index in TEST_INDICES],
+    }
+    rest = [r for r in recs if r.speaker != heldout_speaker]
+    heldout = {
+        "train": [r for r in rest if r.index not in DEV_INDICES],
+        "dev": [r for r in rest if r.index in DEV_INDICES],
+        "test": [r for r in recs if r.speaker == heldout_speaker],
+    }
+    summary = {
+        "recordings": len(recs),
+        "speakers": speakers,
+        "heldout_speaker": heldout_speaker,
+        "problems": problems,
+        "split": _write_part(out_dir / "split", out_dir / "audio" / "split", own, seed, counts),
+        "heldout": _write_part(out_dir / "heldout", out_dir / "audio" / "heldout", heldout, seed, counts),
+    }
+    (out_dir / "prepare.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def download(dest, url: str | None = None) -> Path:
+    """Download the v1.0.10 archive into ``dest`` and unpack it safely; returns the recordings
+    folder. GitHub publishes no checksum for its tag archives, so what arrived is checked by
+    ``scan`` instead (names, 500 recordings per speaker, readable headers)."""
+    from asr.download import fetch_and_extract
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    fetch_and_extract(url or ARCHIVE_URL, dest / f"fsdd-v{VERSION}.tar.gz", dest)
+    recs, problems = scan(dest)
+    if problems:
+        raise CorpusError(f"{dest}: the download is not a complete FSDD: " + "; ".join(problems[:5]))
+    return find_recordings(dest)

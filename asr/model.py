@@ -1,0 +1,118 @@
+"""The acoustic model: a CNN front end that subsamples time by 4, BiLSTM layers, a linear
+layer over the vocabulary plus the blank.
+
+Shapes:
+    features        float32 [batch, frames, n_mels]   (normalized log-mels)
+    feature_lengths int32   [batch]                   (true frames of each utterance)
+    logits          float32 [batch, out_frames, vocab_size], out_frames = output_length(frames)
+TensorFlow is imported only by build_model, so configs and output_length stay light.
+Frames past an utterance's true length are masked out of the BiLSTM, so an utterance gets
+the same logits alone as padded in a batch.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import asr  # noqa: F401  (selects tf_keras before TensorFlow loads)
+
+CONV_LAYERS = 2  # each Conv2D has stride 2 in time and frequency: time subsampled by 4
+SUBSAMPLING = 2**CONV_LAYERS  # 4; 40 ms per output frame at a 10 ms hop
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes of the network; saved with every checkpoint and exported model."""
+
+    conv_channels: int = 32
+    conv_kernel: int = 3
+    lstm_layers: int = 2
+    lstm_units: int = 128
+    dropout: float = 0.2
+
+    def __post_init__(self):
+        if self.conv_kernel % 2 != 1:
+            raise ValueError(f"conv_kernel must be odd (symmetric padding keeps ceil(T/2) frames), got {self.conv_kernel}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def output_length(frames):
+    """Output frames for ``frames`` input frames: ceil(frames / 4), exactly what the two
+    stride-2 convolutions (odd kernel k, k // 2 zeros on each side) produce. Works on Python ints, numpy and TF tensors."""
+    for _ in range(CONV_LAYERS):
+        frames = (frames + 1) // 2
+    return frames
+
+
+def _zero_padded_frames(args, i: int):
+    """[x [B, T_i, F, C], input lengths [B]] -> x with frames >= ceil(len / 2**i) zeroed."""
+    import tensorflow as tf
+
+    x, lengths = args
+    valid = lengths
+    for _ in range(i):
+        valid = (valid + 1) // 2
+    keep = tf.sequence_mask(valid, maxlen=tf.shape(x)[1], dtype=x.dtype)
+    return x * keep[:, :, None, None]
+
+
+def build_model(config: ModelConfig, n_mels: int, vocab_size: int, with_lengths: bool = True):
+    """Build the CNN-BiLSTM.
+
+    with_lengths=True: inputs [features [B, T, n_mels], feature_lengths [B]], for training and
+    batched decoding. with_lengths=False: input features [B, T, n_mels] only (one unpadded
+    utterance per row), the graph TFLite export converts. Both have the same layer names, so
+    weights move between them by name. Returns a tf_keras Model.
+    """
+    import tensorflow as tf
+    import tf_keras as keras
+
+    features = keras.Input(shape=(None, n_mels), name="features")
+    inputs = [features]
+    lengths = None
+    if with_lengths:
+        lengths = keras.Input(shape=(), dtype="int32", name="feature_lengths")
+        inputs.append(lengths)
+    x = keras.layers.Reshape((-1, n_mels, 1), name="add_channel")(features)
+    pad = config.conv_kernel // 2
+    for i in range(CONV_LAYERS):
+        if lengths is not None:
+            # Zero the frames past each utterance's length: after BatchNorm and ReLU they are
+            # not zero, and the next convolution would carry them into the last valid frames.
+            x = keras.layers.Lambda(_zero_padded_frames, arguments={"i": i}, name=f"conv{i}_mask")([x, lengths])
+        # Symmetric explicit padding + 'valid': the frame grid never depends on the padded
+        # length (TF's 'same' pads odd and even lengths differently). Output: ceil(T / 2).
+        x = keras.layers.ZeroPadding2D(((pad, pad), (pad, pad)), name=f"conv{i}_pad")(x)
+        x = keras.layers.Conv2D(
+            config.conv_channels, config.conv_kernel, strides=2, padding="valid", use_bias=False, name=f"conv{i}"
+        )(x)
+        x = keras.layers.BatchNormalization(name=f"conv{i}_bn")(x)
+        x = keras.layers.ReLU(name=f"conv{i}_relu")(x)
+    freq = n_mels
+    for _ in range(CONV_LAYERS):
+        freq = (freq + 1) // 2
+    x = keras.layers.Reshape((-1, freq * config.conv_channels), name="flatten_freq")(x)
+    mask = None
+    if lengths is not None:
+        mask = keras.layers.Lambda(
+            lambda t: tf.sequence_mask(output_length(t[1]), maxlen=tf.shape(t[0])[1]), name="frame_mask"
+        )([x, lengths])
+    for i in range(config.lstm_layers):
+        x = keras.layers.Dropout(config.dropout, name=f"dropout{i}")(x)
+        lstm = keras.layers.LSTM(config.lstm_units, return_sequences=True, name=f"lstm{i}")
+        x = keras.layers.Bidirectional(lstm, name=f"bilstm{i}")(x, mask=mask)
+    x = keras.layers.Dropout(config.dropout, name=f"dropout{config.lstm_layers}")(x)
+    logits = keras.layers.Dense(vocab_size, name="logits")(x)
+    return keras.Model(inputs=inputs, outputs=logits, name="cnn_bilstm_ctc")
+
+
+def make_forward(net, n_mels: int):
+    """A traced-once inference function: (features [B, T, n_mels] float32, lengths [B] int32)
+    -> log-probabilities [B, output_length(T), vocab_size]."""
+    import tensorflow as tf
+
+    return tf.function(
+        lambda f, n: tf.nn.log_softmax(net([f, n], training=False)),
+        input_signature=[tf.TensorSpec([None, None, n_mels], tf.float32), tf.TensorSpec([None], tf.int32)],
+    )

@@ -1,0 +1,55 @@
+"""Results tables from a recipe's experiment folder: ``python -m asr.report EXP_DIR``.
+
+Reads ``EXP_DIR/<model>/eval/<test set>/summary.json`` and ``EXP_DIR/<model>/train.log`` and
+prints a Markdown table: one row per (model, test set) with WER, CER and word counts, then
+the training time of each model.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+
+
+def machine() -> str:
+    """One line naming this machine: CPU model and logical core count."""
+    import os
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical cores, {platform.system()}"
+
+
+def results_table(exp_dir) -> str:
+    exp_dir = Path(exp_dir)
+    rows = ["| model | test set | WER | CER | words | utterances |", "|---|---|---|---|---|---|"]
+    for summary in sorted(exp_dir.glob("*/eval/*/summary.json")):
+        s = json.loads(summary.read_text())
+        model, test = summary.parts[-4], summary.parts[-2]
+        rows.append(
+            f"| {model} | {test} | {100 * s['wer']:.2f}% | {100 * s['cer']:.2f}% | {s['words']} | {s['utterances']} |"
+        )
+    lines = ["\n".join(rows), "", "| model | epochs | best epoch | training time | train audio |", "|---|---|---|---|---|"]
+    for log in sorted(exp_dir.glob("*/train.log")):
+        epochs = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
+        if not epochs:
+            continue
+        best = min(epochs, key=lambda e: e["dev_loss"])
+        total = sum(e.get("epoch_seconds", 0.0) for e in epochs)
+        hours = epochs[-1].get("train_audio_seconds", 0.0) / 3600
+        lines.append(f"| {log.parent.name} | {len(epochs)} | {best['epoch']} | {total / 60:.1f} min | {hours:.2f} h |")
+    lines += ["", f"Machine: {machine()}."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m asr.report EXP_DIR")
+    print(results_table(sys.argv[1]))

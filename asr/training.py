@@ -1,0 +1,310 @@
+"""Training with Keras ``fit``: CTC over true lengths, atomic per-epoch checkpoints, resume
+after a kill, best-on-dev model, early stopping, a warmup + cosine learning rate, gradient
+clipping, TensorBoard logs, and a dev WER each epoch.
+
+Experiment folder layout:
+    config.json      the ExperimentConfig; a later run with a different one is refused
+    checkpoints/     epoch-NNNN/ (network + optimizer + state.json), newest few kept
+    best/            model directory of the epoch with the lowest dev loss
+    final/           model directory of the last finished epoch
+    tensorboard/     TensorBoard logs
+    train.log        one line per epoch
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import asr  # noqa: F401
+from asr.checkpoint import checkpoint_dirs, restore_checkpoint, save_checkpoint, save_model_dir, write_json
+from asr.config import ConfigError, ExperimentConfig, config_diff
+from asr.dataset import bucket_plan, estimate_steps, global_stats_of, load_examples, make_dataset
+
+log = logging.getLogger(__name__)
+KEEP_CHECKPOINTS = 3
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def _schedule_class():
+    import tensorflow as tf
+    import tf_keras as keras
+
+    class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+        """Linear warmup to ``peak`` over ``warmup`` steps, cosine decay to peak*final_ratio at ``total``."""
+
+        def __init__(self, peak, warmup, total, final_ratio):
+            self.peak, self.warmup, self.total, self.final_ratio = peak, warmup, total, final_ratio
+
+        def __call__(self, step):
+            step = tf.cast(step, tf.float32)
+            warm = self.peak * (step + 1.0) / max(1, self.warmup)
+            progress = tf.clip_by_value((step - self.warmup) / max(1, self.total - self.warmup), 0.0, 1.0)
+            cosine = self.final_ratio + (1 - self.final_ratio) * 0.5 * (1 + tf.cos(math.pi * progress))
+            return tf.where(step < self.warmup, warm, self.peak * cosine)
+
+        def get_config(self):
+            return {"peak": self.peak, "warmup": self.warmup, "total": self.total, "final_ratio": self.final_ratio}
+
+    return WarmupCosine
+
+
+def _trainer_class():
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from asr.ctc import ctc_loss
+    from asr.model import output_length
+
+    class CTCTrainer(keras.Model):
+        """Wraps the network: fit() computes CTC with each utterance's true lengths."""
+
+        def __init__(self, net, blank):
+            super().__init__()
+            self.net, self.blank = net, blank
+            self.loss_tracker = keras.metrics.Mean(name="loss")
+
+        def call(self, inputs, training=False):
+            return self.net(inputs, training=training)
+
+        def per_utterance_loss(self, batch, training):
+            logits = self.net([batch["features"], batch["feature_lengths"]], training=training)
+            return ctc_loss(
+                batch["labels"], batch["label_lengths"], logits, output_length(batch["feature_lengths"]), self.blank
+            )
+
+        def train_step(self, batch):
+            with tf.GradientTape() as tape:
+                per = self.per_utterance_loss(batch, True)
+                loss = tf.nn.compute_average_loss(per)  # divides by the global batch under tf.distribute
+            grads = tape.gradient(loss, self.net.trainable_variables)
+            self.optimizer.apply_gradients(zip(grads, self.net.trainable_variables))
+            self.loss_tracker.update_state(per)
+            return {"loss": self.loss_tracker.result()}
+
+        def test_step(self, batch):
+            self.loss_tracker.update_state(self.per_utterance_loss(batch, False))
+            return {"loss": self.loss_tracker.result()}
+
+        @property
+        def metrics(self):
+            return [self.loss_tracker]
+
+    return CTCTrainer
+
+
+def decode_dataset(forward, dataset, vocab) -> tuple[list[str], list[str]]:
+    """Greedy-decode every batch of ``dataset`` with ``forward`` (asr.model.make_forward);
+    returns (references, hypotheses)."""
+    from asr.decoding import greedy_decode_batch
+    from asr.model import output_length
+
+    refs, hyps = [], []
+    for batch in dataset:
+        logits = forward(batch["features"], batch["feature_lengths"]).numpy()
+        lengths = output_length(batch["feature_lengths"].numpy())
+        for ids in greedy_decode_batch(logits, lengths, vocab.blank):
+            hyps.append(vocab.decode(ids))
+        for lab, n in zip(batch["labels"].numpy(), batch["label_lengths"].numpy()):
+            refs.append(vocab.decode(lab[:n]))
+    return refs, hyps
+
+
+def _check_config(exp_dir: Path, config: ExperimentConfig) -> None:
+    path = exp_dir / "config.json"
+    new = config.to_dict()
+    if path.exists():
+        old = json.loads(path.read_text())
+        diff = config_diff(old, new)
+        if diff:
+            raise ConfigError(
+                f"{exp_dir} was started with a different config; refusing to resume. Differences (saved -> new): "
+                + "; ".join(diff)
+                + ". Use a new experiment folder, or the saved config."
+            )
+    else:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        write_json(path, new)
+
+
+def _epoch_callback(net, optimizer, config, stats, exp_dir, dev_ds, state, info):
+    import tensorflow as tf
+    import tf_keras as keras
+
+    from asr.evaluation import error_rates
+    from asr.model import make_forward
+
+    writer = tf.summary.create_file_writer(str(exp_dir / "tensorboard" / "dev_wer"))
+    clock: dict[str, float] = {}  # perf_counter at the epoch's start and its validation's start
+    forward = make_forward(net, config.features.n_mels)
+
+    class EpochEnd(keras.callbacks.Callback):
+        """Checkpoint, best model, dev WER, early stopping and NaN detection, every epoch."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            clock["start"] = time.perf_counter()
+            clock.pop("validation", None)
+
+        def on_test_begin(self, logs=None):
+            clock.setdefault("validation", time.perf_counter())
+
+        def on_train_batch_end(self, batch, logs=None):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not np.isfinite(loss):
+                state["diverged"] = f"loss became {loss} at step {int(optimizer.iterations.numpy())}"
+                self.model.stop_training = True
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            if state.get("diverged"):
+                return
+            number = epoch + 1
+            dev_loss = float(logs.get("val_loss", logs.get("loss", np.nan)))
+            if not np.isfinite(dev_loss):
+                state["diverged"] = f"dev loss became {dev_loss} in epoch {number}"
+                self.model.stop_training = True
+                return
+            t_train = clock.get("validation", time.perf_counter()) - clock["start"]
+            line = {
+                "epoch": number,
+                "loss": float(logs.get("loss", np.nan)),
+                "dev_loss": dev_loss,
+                "train_seconds": round(t_train, 2),
+                "train_audio_seconds": round(info["train_hours"] * 3600, 1),
+            }
+            if dev_ds is not None and number % config.training.dev_wer_every == 0:
+                refs, hyps = decode_dataset(forward, dev_ds, config.vocabulary)
+                rates = error_rates(refs, hyps)
+                line["dev_wer"], line["dev_cer"] = rates["wer"], rates["cer"]
+                with writer.as_default():
+                    tf.summary.scalar("wer", rates["wer"], step=number)
+                    tf.summary.scalar("cer", rates["cer"], step=number)
+            improved = dev_loss < state["best_dev_loss"]
+            if improved:
+                state.update(best_dev_loss=dev_loss, best_epoch=number, bad_epochs=0)
+                save_model_dir(exp_dir / "best", config, net, stats, epoch=number, dev=line, **info)
+            else:
+                state["bad_epochs"] += 1
+            state["epoch"] = number
+            state["stopped_early"] = state["bad_epochs"] >= config.training.early_stop_patience
+            line["epoch_seconds"] = round(time.perf_counter() - clock["start"], 2)
+            state["history"].append(line)
+            with open(exp_dir / "train.log", "a") as f:
+                f.write(json.dumps(line) + "\n")
+            save_checkpoint(exp_dir / "checkpoints", number, net, optimizer, state, KEEP_CHECKPOINTS)
+            wer = f" dev WER {100 * line['dev_wer']:.2f}% CER {100 * line['dev_cer']:.2f}%" if "dev_wer" in line else ""
+            msg = f"epoch {number}: loss {line['loss']:.3f} dev loss {dev_loss:.3f}{wer}{' (best)' if improved else ''}"
+            print(msg, flush=True)
+            if state["stopped_early"]:
+                print(f"early stop: dev loss has not improved for {state['bad_epochs']} epochs", flush=True)
+                self.model.stop_training = True
+
+    return EpochEnd()
+
+
+def train(
+    config: ExperimentConfig,
+    train_manifests: list,
+    dev_manifests: list,
+    exp_dir,
+    corpus: str = "",
+    max_epochs: int | None = None,
+) -> Path:
+    """Train (or resume) in ``exp_dir``; returns the best model directory.
+
+    The same call after a kill continues from the last finished epoch with the optimizer
+    state restored. ``max_epochs`` stops this call after that many epochs in total (for
+    tests and time-boxed runs) without changing the config.
+    Raises ConfigError if exp_dir holds a different config, TrainingDiverged on a NaN loss.
+    """
+    import tensorflow as tf
+    import tf_keras as keras
+
+    exp_dir = Path(exp_dir)
+    _check_config(exp_dir, config)
+    tc = config.training
+    keras.utils.set_random_seed(tc.seed)
+
+    spec, vocab = config.features, config.vocabulary
+    cache = exp_dir.parent / "feature-cache"
+    train_ex, report = load_examples(train_manifests, spec, vocab, tc.speed_factors, cache, tc.max_duration)
+    for line in report.lines("train"):
+        print(line, flush=True)
+    if not train_ex:
+        raise ValueError("no usable training utterances (see the report above)")
+    dev_ex = []
+    if dev_manifests:
+        dev_ex, dev_report = load_examples(dev_manifests, spec, vocab, (1.0,), cache)
+        for line in dev_report.lines("dev"):
+            print(line, flush=True)
+    stats = global_stats_of(train_ex, spec) if spec.normalization == "global" else None
+
+    dev_ds = make_dataset(dev_ex, spec, stats, tc, train=False) if dev_ex else None
+    bounds, sizes = bucket_plan([e.frames for e in train_ex], tc.batch_frames, tc.max_batch_size)
+    steps = estimate_steps([e.frames for e in train_ex], bounds, sizes)
+    audio_s = sum(e.frames for e in train_ex) * spec.hop_length / spec.sample_rate
+    print(f"train: {audio_s / 3600:.2f} h of audio, about {steps} batches per epoch", flush=True)
+
+    from asr.model import build_model
+
+    net = build_model(config.model, spec.n_mels, vocab.size)
+    schedule = _schedule_class()(tc.learning_rate, tc.warmup_steps, steps * tc.epochs, tc.final_lr_ratio)
+    optimizer = keras.optimizers.Adam(schedule, global_clipnorm=tc.clip_norm)
+    trainer = _trainer_class()(net, vocab.blank)
+    trainer.compile(optimizer=optimizer)
+
+    state = {"epoch": 0, "best_dev_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0, "history": []}
+    done = checkpoint_dirs(exp_dir / "checkpoints")
+    if done:
+        state = restore_checkpoint(done[-1], net, optimizer)
+        print(f"resuming from {done[-1].name}: {state['epoch']} epoch(s) done, optimizer step restored", flush=True)
+    train_ds = make_dataset(train_ex, spec, stats, tc, train=True, seed=tc.seed, first_pass=state["epoch"])
+    last_epoch = tc.epochs if max_epochs is None else min(tc.epochs, max_epochs)
+    info = {"corpus": corpus, "train_hours": round(audio_s / 3600, 4)}
+    if state["epoch"] >= last_epoch or state.get("stopped_early"):
+        print(f"training already finished ({state['epoch']} epochs)", flush=True)
+    else:
+        callbacks = [
+            _epoch_callback(net, optimizer, config, stats, exp_dir, dev_ds, state, info),
+            keras.callbacks.TensorBoard(str(exp_dir / "tensorboard"), write_graph=False, profile_batch=0),
+        ]
+        trainer.fit(
+            train_ds,
+            validation_data=dev_ds,
+            epochs=last_epoch,
+            initial_epoch=state["epoch"],
+            steps_per_epoch=steps,
+            callbacks=callbacks,
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+        if state.get("diverged"):
+            raise TrainingDiverged(
+                f"training stopped: {state['diverged']}. The last good checkpoint "
+                f"(epoch {state['epoch']}) is kept in {exp_dir / 'checkpoints'}; lower training.learning_rate "
+                "or training.clip_norm and resume."
+            )
+        save_model_dir(exp_dir / "final", config, net, stats, epoch=state["epoch"], **info)
+    best = exp_dir / "best"
+    if not best.exists():
+        save_model_dir(best, config, net, stats, epoch=state["epoch"], **info)
+    return best
+
+
+def configure_threads(threads: int | None) -> None:
+    """Limit TensorFlow's CPU threads (None: all cores). Must run before TF does any work."""
+    if not threads:
+        return
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Free Spoken Digit Dataset recipe: download -> prepare -> train -> evaluate -> publish.
+#
+#   recipes/fsdd/run.sh [--data-dir DIR] [--stage N] [--stop-stage N]
+#
+# --data-dir DIR   use an existing copy (a folder holding recordings/) instead of downloading
+# Stages: 0 download, 1 prepare, 2 train (dataset split and held-out speaker, side by side),
+#         3 evaluate, 4 publish to models/fsdd. Each stage writes exp/.done-<stage> and is
+#         skipped when that marker exists; training and feature caches resume after a kill.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+stage=0
+stop_stage=4
+data_dir=""
+while [ $# -gt 0 ]; do
+  case $1 in
+    --stage) stage=$2; shift 2 ;;
+    --stop-stage) stop_stage=$2; shift 2 ;;
+    --data-dir) data_dir=$(cd "$2" && pwd); shift 2 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+"$root/tools/setup.sh"
+asr="$root/.venv/bin/asr"
+conf="$root/models/configs/fsdd.yaml"
+cd "$here"
+mkdir -p exp data
+
+run_stage() {  # run_stage N NAME FUNCTION: run FUNCTION unless out of range or already done
+  local n=$1 name=$2 fn=$3
+  if [ "$n" -lt "$stage" ] || [ "$n" -gt "$stop_stage" ]; then return; fi
+  if [ -f "exp/.done-$name" ]; then echo "== stage $n ($name): done already, skipping"; return; fi
+  echo "== stage $n ($name)"
+  local start=$SECONDS
+  "$fn"
+  touch "exp/.done-$name"
+  echo "== stage $n ($name): finished in $((SECONDS - start)) s"
+}
+
+download() {
+  if [ -n "$data_dir" ]; then
+    echo "using the existing copy in $data_dir"
+    ln -sfn "$data_dir" data/fsdd
+  else
+    "$asr" download fsdd --dest data/download
+    ln -sfn "$here/data/download" data/fsdd
+  fi
+}
+
+prepare() {
+  "$asr" prepare fsdd --data-dir data/fsdd --out data/manifests
+}
+
+train_one() {  # train_one SPLIT: one model, logged with a [SPLIT] prefix
+  local m=data/manifests/$1
+  "$asr" train --config "$conf" --corpus fsdd --threads 1 --exp "exp/$1" \
+    --train "$m/train.jsonl" "$m/train_connected.jsonl" "$m/train_nonspeech.jsonl" \
+    --dev "$m/dev.jsonl" "$m/dev_connected.jsonl" 2>&1 | grep --line-buffered -v '^[IWE]0000\|absl::InitializeLog' | sed -u "s/^/[$1] /"
+}
+
+train() {
+  train_one split & local a=$!
+  train_one heldout & local b=$!
+  local status=0
+  wait $a || status=1
+  wait $b || status=1
+  return $status
+}
+
+evaluate() {
+  for split in split heldout; do
+    for part in test test_connected; do
+      "$asr" evaluate --model "exp/$split/best" --manifest "data/manifests/$split/$part.jsonl" --out "exp/$split/eval/$part"
+    done
+  done
+}
+
+publish() {
+  "$asr" publish --model exp/split/best --dest "$root/models/fsdd" \
+    --metrics "isolated_test=exp/split/eval/test/summary.json" \
+              "connected_test=exp/split/eval/test_connected/summary.json" \
+              "heldout_isolated=exp/heldout/eval/test/summary.json" \
+              "heldout_connected=exp/heldout/eval/test_connected/summary.json"
+  "$root/.venv/bin/python" -m asr.report exp > exp/RESULTS.md
+  cat exp/RESULTS.md
+}
+
+run_stage 0 download download
+run_stage 1 prepare prepare
+run_stage 2 train train
+run_stage 3 evaluate evaluate
+run_stage 4 publish publish

@@ -1,0 +1,170 @@
+"""asr.model: output_length against the real network, padding invariance, the two graph variants."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import tf_keras as keras
+
+from asr.model import ModelConfig, build_model, output_length
+
+N_MELS, VOCAB = 80, 29
+TINY = ModelConfig(conv_channels=4, lstm_layers=1, lstm_units=8)
+
+
+def predict(model, features: np.ndarray, lengths=None) -> np.ndarray:
+    """Inference-mode logits (dropout off, BatchNorm on its moving statistics)."""
+    features = np.asarray(features, np.float32)
+    if lengths is None:
+        return model.predict_on_batch(features)
+    return model.predict_on_batch([features, np.asarray(lengths, np.int32)])
+
+
+def copy_weights_by_name(src, dst) -> None:
+    for layer in dst.layers:
+        if layer.weights:
+            layer.set_weights(src.get_layer(layer.name).get_weights())
+
+
+@pytest.fixture(scope="module")
+def fresh_model():
+    """Tiny model as initialised: BatchNorm is the identity (beta 0, moving mean 0, variance 1)."""
+    keras.utils.set_random_seed(0)
+    return build_model(TINY, N_MELS, VOCAB)
+
+
+@pytest.fixture(scope="module")
+def trained_like_model(fresh_model):
+    """Same weights, but BatchNorm statistics like a trained model's: BN(0) != 0."""
+    model = build_model(TINY, N_MELS, VOCAB)
+    copy_weights_by_name(fresh_model, model)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, gamma.shape).astype(np.float32),
+                    np.full(beta.shape, 0.5, np.float32),
+                    rng.normal(0.0, 0.3, mean.shape).astype(np.float32),
+                    rng.uniform(0.5, 2.0, var.shape).astype(np.float32),
+                ]
+            )
+    return model
+
+
+# ---------------------------------------------------------------- output_length
+
+
+def test_output_length_is_ceil_of_quarter():
+    for n in range(0, 300):
+        assert output_length(n) == math.ceil(n / 4), n
+
+
+def test_output_length_on_arrays_and_tensors():
+    import tensorflow as tf
+
+    n = np.array([1, 4, 5, 97, 6001])
+    expected = [math.ceil(v / 4) for v in n]
+    np.testing.assert_array_equal(output_length(n), expected)
+    np.testing.assert_array_equal(output_length(tf.constant(n, tf.int32)).numpy(), expected)
+
+
+@pytest.mark.parametrize("frames", list(range(1, 41)) + [97, 401, 1000, 6001])
+def test_output_length_matches_model(fresh_model, frames):
+    logits = predict(fresh_model, np.zeros((1, frames, N_MELS)), [frames])
+    assert logits.shape == (1, output_length(frames), VOCAB)
+
+
+# ---------------------------------------------------------------- padding invariance
+
+
+def alone_and_padded(model, rng, short: int, long: int):
+    """Logits of one utterance alone and zero-padded in a batch next to a longer one, cut to its length."""
+    batch = rng.standard_normal((2, long, N_MELS)).astype(np.float32)
+    batch[0, short:] = 0.0
+    alone = predict(model, batch[:1, :short], [short])[0]
+    padded = predict(model, batch, [short, long])
+    assert padded.shape[1] == output_length(long)
+    return alone, padded[0, : output_length(short)]
+
+
+# long - short is a multiple of 4: the frame grids of the two lengths coincide trivially
+ALIGNED = [(37, 41), (36, 60), (20, 44), (1, 5)]
+# otherwise only explicit symmetric padding keeps an utterance's frame grid independent of
+# the padded length (TF's 'same' padding puts its extra zero before or after by parity)
+MISALIGNED = [(37, 60), (36, 37), (21, 23), (1, 2)]
+
+
+@pytest.mark.parametrize("short, long", ALIGNED)
+def test_lstm_mask_ignores_padded_frames(fresh_model, rng, short, long):
+    """With BN at its identity initialisation and conv padding aligned, padded frames stay zero
+    through the conv stack: this isolates the BiLSTM frame mask, which must hide them."""
+    alone, padded = alone_and_padded(fresh_model, rng, short, long)
+    np.testing.assert_allclose(padded, alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("short, long", MISALIGNED)
+def test_padding_does_not_shift_conv_alignment(fresh_model, rng, short, long):
+    alone, padded = alone_and_padded(fresh_model, rng, short, long)
+    np.testing.assert_allclose(padded, alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("short, long", ALIGNED)
+def test_padding_does_not_leak_through_batchnorm(trained_like_model, rng, short, long):
+    """With trained BN statistics BN(0) != 0: padded frames must be zeroed before each conv."""
+    alone, padded = alone_and_padded(trained_like_model, rng, short, long)
+    np.testing.assert_allclose(padded, alone, atol=1e-5)
+
+
+# ---------------------------------------------------------------- the two graphs
+
+
+@pytest.fixture(scope="module")
+def no_lengths_model(trained_like_model):
+    model = build_model(TINY, N_MELS, VOCAB, with_lengths=False)
+    copy_weights_by_name(trained_like_model, model)
+    return model
+
+
+def test_both_graphs_have_the_same_weighted_layers(trained_like_model, no_lengths_model):
+    def weighted(m):
+        return {layer.name: [w.shape for w in layer.weights] for layer in m.layers if layer.weights}
+
+    assert weighted(no_lengths_model) == weighted(trained_like_model)
+    assert [i.name for i in no_lengths_model.inputs] == ["features"]
+    assert len(trained_like_model.inputs) == 2
+
+
+@pytest.mark.parametrize("frames", [1, 2, 7, 36, 37, 100])
+def test_without_lengths_gives_same_logits_on_unpadded_utterance(trained_like_model, no_lengths_model, rng, frames):
+    features = rng.standard_normal((1, frames, N_MELS))
+    with_lengths = predict(trained_like_model, features, [frames])
+    without = predict(no_lengths_model, features)
+    assert without.shape == with_lengths.shape == (1, output_length(frames), VOCAB)
+    np.testing.assert_allclose(without, with_lengths, atol=1e-5)
+
+
+def test_inference_is_deterministic(trained_like_model, rng):
+    features = rng.standard_normal((2, 23, N_MELS))
+    a = predict(trained_like_model, features, [23, 17])
+    b = predict(trained_like_model, features, [23, 17])
+    np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------- size of the default model
+
+
+def test_default_model_parameter_count():
+    cfg = ModelConfig()
+    model = build_model(cfg, N_MELS, VOCAB)
+    c, k, u = cfg.conv_channels, cfg.conv_kernel, cfg.lstm_units
+    # independent count: 2 bias-free convs + BN (4 per channel), BiLSTMs (2 directions x 4 gates), dense
+    conv = k * k * 1 * c + k * k * c * c + 2 * 4 * c
+    freq = math.ceil(math.ceil(N_MELS / 2) / 2)
+    lstm_in = [freq * c] + [2 * u] * (cfg.lstm_layers - 1)
+    lstm = sum(2 * 4 * u * (n + u + 1) for n in lstm_in)
+    dense = 2 * u * VOCAB + VOCAB
+    assert model.count_params() == conv + lstm + dense
+    assert 1_000_000 <= model.count_params() <= 1_500_000
