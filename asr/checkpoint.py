@@ -127,12 +127,32 @@ def save_checkpoint(ckpt_root: Path, epoch: int, net, optimizer, state: dict, ke
     return final
 
 
+def average_checkpoints(ckpt_dirs: list[Path], net) -> None:
+    """Set ``net``'s weights (BatchNorm statistics included) to their mean over the
+    checkpoints in ``ckpt_dirs``."""
+    import numpy as np
+    import tensorflow as tf
+
+    total = None
+    for d in ckpt_dirs:
+        tf.train.Checkpoint(net=net).read(str(d / "ckpt")).expect_partial()
+        weights = net.get_weights()
+        total = weights if total is None else [t + w for t, w in zip(total, weights)]
+    net.set_weights([np.asarray(t / len(ckpt_dirs), dtype=t.dtype) for t in total])
+
+
 def restore_checkpoint(ckpt_dir: Path, net, optimizer) -> dict:
     """Restore network and optimizer state; returns the checkpoint's state.json."""
     import tensorflow as tf
 
     tf.train.Checkpoint(net=net, optimizer=optimizer).read(str(ckpt_dir / "ckpt")).expect_partial()
     return json.loads((ckpt_dir / "state.json").read_text())
+
+
+def metric_summary(metrics: dict) -> dict:
+    """The headline numbers of evaluation summaries: {name: {wer, cer, words, utterances}}."""
+    keep = ("wer", "cer", "words", "word_errors", "utterances")
+    return {name: {k: s[k] for k in keep if k in s} for name, s in metrics.items()}
 
 
 def publish_model(src, dest, metrics: dict) -> Path:
@@ -144,8 +164,7 @@ def publish_model(src, dest, metrics: dict) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     shutil.copytree(src, tmp)
-    keep = ("wer", "cer", "words", "utterances", "word_errors", "manifest")
-    meta["metrics"] = {name: {k: s[k] for k in keep if k in s} for name, s in metrics.items()}
+    meta["metrics"] = metric_summary(metrics)
     write_json(tmp / MODEL_JSON, meta)
     replace_dir(tmp, dest)
     return dest

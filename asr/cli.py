@@ -4,8 +4,10 @@
     asr prepare fsdd --data-dir DIR --out DIR [--heldout-speaker NAME] [--seed N]
     asr train --train M [M ...] --dev M --exp DIR [--config YAML] [--set section.key=value ...]
     asr evaluate --model DIR --manifest M --out DIR
-    asr transcribe PATH ... [--model DIR] [--format text|json]
-    asr publish --model DIR --dest DIR [--metrics JSON ...]
+    asr transcribe PATH ... [--model DIR|FILE.tflite] [--format text|json]
+    asr export MODEL_DIR -o model.tflite [--quantization float32|float16|dynamic|int8] [--verify M ...]
+    asr info MODEL_DIR|FILE.tflite
+    asr publish --model DIR --dest DIR [--metrics NAME=SUMMARY.json ...]
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ def _add_train(sub):
     p.add_argument("--corpus", default="", help="name of the training corpus, stored in the model")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for TensorFlow (default: all)")
     p.add_argument("--max-epochs", type=int, default=None, help="stop this run after N epochs in total")
+    p.add_argument("--feature-cache", type=Path, default=None, help="log-mel cache folder (default: EXP/../feature-cache)")
     p.set_defaults(func=cmd_train)
 
 
@@ -58,7 +61,8 @@ def _add_evaluate(sub):
 def _add_transcribe(sub):
     p = sub.add_parser("transcribe", help="transcribe audio files, folders or manifests")
     p.add_argument("paths", nargs="+", help="audio files, folders (searched recursively) or .jsonl manifests")
-    p.add_argument("--model", default=None, help="model directory (default: the shipped FSDD model)")
+    p.add_argument("--model", default=None, help="model directory or .tflite (default: the shipped FSDD model)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for a .tflite model (default: all)")
     p.add_argument("--format", choices=["text", "json"], default="text", help="text: path<TAB>text lines")
     p.add_argument("--batch-size", type=int, default=16)
     p.set_defaults(func=cmd_transcribe)
@@ -69,7 +73,28 @@ def _add_publish(sub):
     p.add_argument("--model", required=True, type=Path)
     p.add_argument("--dest", required=True, type=Path)
     p.add_argument("--metrics", nargs="*", default=[], metavar="NAME=SUMMARY.json", help="evaluation summaries")
+    p.add_argument("--tflite", type=Path, default=None, help="an exported .tflite to publish as DEST.tflite")
+    p.add_argument("--tflite-metrics", nargs="*", default=[], metavar="NAME=SUMMARY.json",
+                   help="the .tflite's own evaluation summaries, embedded in its metadata")
     p.set_defaults(func=cmd_publish)
+
+
+def _add_export(sub):
+    p = sub.add_parser("export", help="convert a model directory to one self-contained .tflite")
+    p.add_argument("model", type=Path, help="model directory")
+    p.add_argument("-o", "--output", required=True, type=Path, help="the .tflite to write")
+    p.add_argument("--quantization", choices=["float32", "float16", "dynamic", "int8"], default="dynamic",
+                   help="dynamic (default): int8 weights; int8: full integer, needs --calibration")
+    p.add_argument("--calibration", type=Path, default=None, help="manifest of representative audio (int8)")
+    p.add_argument("--verify", nargs="+", type=Path, default=None, metavar="MANIFEST",
+                   help="also export every quantization mode beside OUTPUT and compare them with Keras")
+    p.set_defaults(func=cmd_export)
+
+
+def _add_info(sub):
+    p = sub.add_parser("info", help="print a model's metadata (.tflite) or model.json (directory)")
+    p.add_argument("model", type=Path)
+    p.set_defaults(func=cmd_info)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"asr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_download, _add_prepare, _add_train, _add_evaluate, _add_transcribe, _add_publish):
+    for add in (_add_download, _add_prepare, _add_train, _add_evaluate, _add_transcribe, _add_export, _add_info, _add_publish):
         add(sub)
     return parser
 
@@ -106,8 +131,10 @@ def cmd_train(args) -> int:
 
     config = load_config(args.config, args.set)
     configure_threads(args.threads)
-    best = train(config, args.train, args.dev, args.exp, corpus=args.corpus, max_epochs=args.max_epochs)
-    print(f"best model: {best}")
+    best = train(
+        config, args.train, args.dev, args.exp, corpus=args.corpus, max_epochs=args.max_epochs, cache_dir=args.feature_cache
+    )
+    print(f"model: {best}")
     return 0
 
 
@@ -127,7 +154,8 @@ def cmd_transcribe(args) -> int:
     paths, problems = expand_inputs(args.paths)
     results = list(problems)
     if paths:
-        results += load_recognizer(args.model).transcribe_files(paths, batch_size=args.batch_size)
+        recognizer = load_recognizer(args.model, num_threads=args.threads)
+        results += recognizer.transcribe_files(paths, batch_size=args.batch_size)
     for res in results:
         if res.error:
             print(f"error: {res.path}: {res.error}", file=sys.stderr)
@@ -138,15 +166,66 @@ def cmd_transcribe(args) -> int:
     return 1 if any(r.error for r in results) else 0
 
 
+def cmd_export(args) -> int:
+    from export.convert import QUANTIZATIONS, export_model
+
+    out = export_model(args.model, args.output, args.quantization, args.calibration)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {args.quantization})")
+    if not args.verify:
+        return 0
+    from export.verify import markdown, verify, write_report
+
+    variants = {args.quantization: out}
+    for mode in QUANTIZATIONS:
+        if mode in variants:
+            continue
+        if mode == "int8" and args.calibration is None:
+            print("int8 skipped in verification: it needs --calibration MANIFEST", file=sys.stderr)
+            continue
+        path = out.with_name(f"{out.stem}.{mode}.tflite")
+        variants[mode] = export_model(args.model, path, mode, args.calibration)
+        print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB, {mode})")
+    report = verify(args.model, variants, {m.stem: m for m in args.verify})
+    js, md = write_report(report, out.with_name(f"{out.stem}.verify"))
+    print(markdown(report))
+    print(f"report: {js} and {md}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    if args.model.is_dir():
+        from asr.checkpoint import read_model_meta
+
+        meta = read_model_meta(args.model)
+    else:
+        from asr.runtime import read_metadata
+
+        meta = read_metadata(args.model)
+    print(json.dumps(meta, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _summaries(items: list[str]) -> dict:
+    """NAME=SUMMARY.json pairs -> {NAME: summary dict}."""
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep:
+            raise ValueError(f"expected NAME=SUMMARY.json, got {item!r}")
+        out[name] = json.loads(Path(path).read_text())
+    return out
+
+
 def cmd_publish(args) -> int:
     from asr.checkpoint import publish_model
 
-    metrics = {}
-    for item in args.metrics:
-        name, _, path = item.partition("=")
-        metrics[name] = json.loads(Path(path).read_text())
-    dest = publish_model(args.model, args.dest, metrics)
+    dest = publish_model(args.model, args.dest, _summaries(args.metrics))
     print(f"published {args.model} -> {dest}")
+    if args.tflite:
+        from export.metadata import publish_tflite
+
+        out = publish_tflite(args.tflite, dest.with_suffix(".tflite"), _summaries(args.tflite_metrics))
+        print(f"published {args.tflite} -> {out}")
     return 0
 
 

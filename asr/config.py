@@ -39,6 +39,7 @@ class TrainConfig:
     time_mask_fraction: float = 0.05  # each time mask covers at most this share of frames
     max_duration: float = 30.0  # seconds; longer training utterances are skipped and counted
     dev_wer_every: int = 1  # epochs
+    average_last: int = 1  # average the weights of this many last epochs (1: no averaging)
 
     def __post_init__(self):
         object.__setattr__(self, "speed_factors", tuple(float(f) for f in self.speed_factors))

@@ -90,22 +90,26 @@ class GlobalStats:
 
 def log_mel(audio: np.ndarray, spec: FeatureSpec) -> np.ndarray:
     """Un-normalized log-mel: float32 [num_frames, n_mels] for audio float32 [num_samples]."""
+    import warnings
+
     import librosa
 
-    mel = librosa.feature.melspectrogram(
-        y=np.asarray(audio, dtype=np.float32),
-        sr=spec.sample_rate,
-        n_fft=spec.n_fft,
-        hop_length=spec.hop_length,
-        win_length=spec.win_length,
-        window="hann",
-        center=True,
-        pad_mode="constant",
-        power=2.0,
-        n_mels=spec.n_mels,
-        fmin=spec.fmin,
-        fmax=spec.fmax,
-    )
+    with warnings.catch_warnings():  # centre padding makes inputs shorter than n_fft valid
+        warnings.filterwarnings("ignore", message="n_fft=.* is too large for input signal")
+        mel = librosa.feature.melspectrogram(
+            y=np.asarray(audio, dtype=np.float32),
+            sr=spec.sample_rate,
+            n_fft=spec.n_fft,
+            hop_length=spec.hop_length,
+            win_length=spec.win_length,
+            window="hann",
+            center=True,
+            pad_mode="constant",
+            power=2.0,
+            n_mels=spec.n_mels,
+            fmin=spec.fmin,
+            fmax=spec.fmax,
+        )
     return np.log(mel.T + spec.log_floor).astype(np.float32)
 
 

@@ -7,6 +7,8 @@ Experiment folder layout:
     checkpoints/     epoch-NNNN/ (network + optimizer + state.json), newest few kept
     best/            model directory of the epoch with the lowest dev loss
     final/           model directory of the last finished epoch
+    averaged/        the mean of the last ``average_last`` epochs (when average_last > 1)
+    model/           the result: best/, or averaged/ when its dev loss is lower
     tensorboard/     TensorBoard logs
     train.log        one line per epoch
 """
@@ -16,6 +18,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -23,12 +26,19 @@ from pathlib import Path
 import numpy as np
 
 import asr  # noqa: F401
-from asr.checkpoint import checkpoint_dirs, restore_checkpoint, save_checkpoint, save_model_dir, write_json
+from asr.checkpoint import (
+    checkpoint_dirs,
+    replace_dir,
+    restore_checkpoint,
+    save_checkpoint,
+    save_model_dir,
+    write_json,
+)
 from asr.config import ConfigError, ExperimentConfig, config_diff
 from asr.dataset import bucket_plan, estimate_steps, global_stats_of, load_examples, make_dataset
 
 log = logging.getLogger(__name__)
-KEEP_CHECKPOINTS = 3
+KEEP_CHECKPOINTS = 5  # newest epoch checkpoints kept (averaging can use them all)
 
 
 class TrainingDiverged(RuntimeError):
@@ -200,7 +210,8 @@ def _epoch_callback(net, optimizer, config, stats, exp_dir, dev_ds, state, info)
             state["history"].append(line)
             with open(exp_dir / "train.log", "a") as f:
                 f.write(json.dumps(line) + "\n")
-            save_checkpoint(exp_dir / "checkpoints", number, net, optimizer, state, KEEP_CHECKPOINTS)
+            keep = max(KEEP_CHECKPOINTS, config.training.average_last)
+            save_checkpoint(exp_dir / "checkpoints", number, net, optimizer, state, keep)
             wer = f" dev WER {100 * line['dev_wer']:.2f}% CER {100 * line['dev_cer']:.2f}%" if "dev_wer" in line else ""
             msg = f"epoch {number}: loss {line['loss']:.3f} dev loss {dev_loss:.3f}{wer}{' (best)' if improved else ''}"
             print(msg, flush=True)
@@ -218,12 +229,14 @@ def train(
     exp_dir,
     corpus: str = "",
     max_epochs: int | None = None,
+    cache_dir=None,
 ) -> Path:
-    """Train (or resume) in ``exp_dir``; returns the best model directory.
+    """Train (or resume) in ``exp_dir``; returns the resulting model directory, EXP/model.
 
     The same call after a kill continues from the last finished epoch with the optimizer
     state restored. ``max_epochs`` stops this call after that many epochs in total (for
-    tests and time-boxed runs) without changing the config.
+    tests and time-boxed runs) without changing the config. ``cache_dir`` holds the log-mel
+    cache (default: EXP_DIR/../feature-cache); runs that share data can share it.
     Raises ConfigError if exp_dir holds a different config, TrainingDiverged on a NaN loss.
     """
     import tensorflow as tf
@@ -235,7 +248,7 @@ def train(
     keras.utils.set_random_seed(tc.seed)
 
     spec, vocab = config.features, config.vocabulary
-    cache = exp_dir.parent / "feature-cache"
+    cache = Path(cache_dir) if cache_dir else exp_dir.parent / "feature-cache"
     train_ex, report = load_examples(train_manifests, spec, vocab, tc.speed_factors, cache, tc.max_duration)
     for line in report.lines("train"):
         print(line, flush=True)
@@ -296,7 +309,37 @@ def train(
     best = exp_dir / "best"
     if not best.exists():
         save_model_dir(best, config, net, stats, epoch=state["epoch"], **info)
-    return best
+    chosen = best
+    if tc.average_last > 1 and dev_ds is not None:
+        chosen = _average(exp_dir, config, net, trainer, stats, dev_ds, state, info)
+    model = exp_dir / "model"
+    tmp = exp_dir / "model.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(chosen, tmp)
+    replace_dir(tmp, model)
+    return model
+
+
+def _average(exp_dir: Path, config, net, trainer, stats, dev_ds, state, info) -> Path:
+    """Average the last ``average_last`` epoch checkpoints into EXP/averaged; returns it when
+    its dev loss is lower than the best single epoch's, else EXP/best."""
+    from asr.checkpoint import average_checkpoints
+
+    ckpts = checkpoint_dirs(exp_dir / "checkpoints")[-config.training.average_last :]
+    average_checkpoints(ckpts, net)
+    dev_loss = float(trainer.evaluate(dev_ds, verbose=0))
+    epochs = [int(d.name.split("-")[1]) for d in ckpts]
+    averaged = save_model_dir(
+        exp_dir / "averaged", config, net, stats, epoch=state["epoch"], averaged_epochs=epochs, dev_loss=dev_loss, **info
+    )
+    better = dev_loss < state["best_dev_loss"]
+    print(
+        f"average of epochs {epochs[0]}-{epochs[-1]}: dev loss {dev_loss:.3f}, best single epoch "
+        f"{state['best_epoch']}: {state['best_dev_loss']:.3f} -> EXP/model is the {'average' if better else 'best epoch'}",
+        flush=True,
+    )
+    return averaged if better else exp_dir / "best"
 
 
 def configure_threads(threads: int | None) -> None:

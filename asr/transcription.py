@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from asr.audio import AudioError, is_audio_path, load_audio
-from asr.decoding import greedy_decode_batch
+from asr.decoding import greedy_ids
 from asr.features import extract
 from asr.model import output_length
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "fsdd"
+MODELS = Path(__file__).resolve().parent.parent / "models"
+DEFAULT_MODELS = (MODELS / "fsdd.tflite", MODELS / "fsdd")  # the shipped model: on-device file first
 MAX_BATCH_FRAMES = 60000  # padded input frames per batch: 10 minutes of audio
 CHUNK = 256  # files read into memory at a time
 
@@ -61,14 +62,51 @@ def expand_inputs(inputs) -> tuple[list[str], list[Result]]:
     return paths, problems
 
 
-class Recognizer:
-    """A model directory loaded for inference (tf_keras)."""
+class FileTranscriber:
+    """Files in, Results out. Subclasses set ``sample_rate`` and implement ``transcribe_audio``."""
+
+    sample_rate: int
+
+    def transcribe_audio(self, audios: list[np.ndarray], batch_size: int = 16) -> list[str]:
+        """Texts for mono float32 waveforms [num_samples] at ``sample_rate``."""
+        raise NotImplementedError
+
+    def transcribe_files(self, paths, batch_size: int = 16, progress=None) -> list[Result]:
+        """One Result per path, in order. Files are read CHUNK at a time; ``progress``
+        (optional) is called with the number of files done."""
+        results: list[Result] = []
+        for start in range(0, len(paths), CHUNK):
+            results += self._transcribe_chunk(paths[start : start + CHUNK], batch_size)
+            if progress:
+                progress(len(results))
+        return results
+
+    def _transcribe_chunk(self, paths, batch_size: int) -> list[Result]:
+        results: list[Result] = []
+        audios: dict[int, np.ndarray] = {}
+        for i, path in enumerate(paths):
+            try:
+                audios[i] = load_audio(path, self.sample_rate)
+                results.append(Result(str(path), duration=len(audios[i]) / self.sample_rate))
+            except AudioError as err:
+                results.append(Result(str(path), error=str(err)))
+            except OSError as err:
+                results.append(Result(str(path), error=f"cannot read: {err.strerror or err}"))
+        texts = self.transcribe_audio(list(audios.values()), batch_size) if audios else []
+        for i, text in zip(audios, texts):
+            results[i] = Result(results[i].path, text=text, duration=results[i].duration)
+        return results
+
+
+class Recognizer(FileTranscriber):
+    """A model directory loaded for inference with tf_keras; utterances are batched by length."""
 
     def __init__(self, model_dir):
         from asr.checkpoint import load_model_dir
         from asr.model import make_forward
 
         self.config, self.stats, self.meta, self.net = load_model_dir(model_dir)
+        self.sample_rate = self.config.features.sample_rate
         self._forward = make_forward(self.net, self.config.features.n_mels)
 
     def features(self, audio: np.ndarray) -> np.ndarray:
@@ -84,55 +122,52 @@ class Recognizer:
         out = self._forward(batch, lengths).numpy()
         return [out[i, : output_length(n)] for i, n in enumerate(lengths)]
 
-    def decode(self, feats: list[np.ndarray]) -> list[str]:
+    def transcribe_audio(self, audios: list[np.ndarray], batch_size: int = 16) -> list[str]:
+        feats = [self.features(a) for a in audios]
         vocab = self.config.vocabulary
-        scores = self.log_probs(feats)
-        return [vocab.decode(greedy_decode_batch(s[None], [s.shape[0]], vocab.blank)[0]) for s in scores]
+        texts: list[str] = [""] * len(feats)
+        for batch in length_batches([f.shape[0] for f in feats], batch_size):
+            for i, scores in zip(batch, self.log_probs([feats[i] for i in batch])):
+                texts[i] = vocab.decode(greedy_ids(scores, vocab.blank))
+        return texts
 
-    def transcribe_files(self, paths, batch_size: int = 16, progress=None) -> list[Result]:
-        """One Result per path, in order. Files are read CHUNK at a time, sorted by length
-        and batched; ``progress`` (optional) is called with the number of files done."""
-        results: list[Result] = []
-        for start in range(0, len(paths), CHUNK):
-            results += self._transcribe_chunk(paths[start : start + CHUNK], batch_size)
-            if progress:
-                progress(len(results))
-        return results
 
-    def _transcribe_chunk(self, paths, batch_size: int) -> list[Result]:
-        sr = self.config.features.sample_rate
-        results: list[Result | None] = [None] * len(paths)
-        feats: dict[int, np.ndarray] = {}
-        for i, path in enumerate(paths):
-            try:
-                audio = load_audio(path, sr)
-            except AudioError as err:
-                results[i] = Result(str(path), error=str(err))
-                continue
-            except OSError as err:
-                results[i] = Result(str(path), error=f"cannot read: {err.strerror or err}")
-                continue
-            feats[i] = self.features(audio)
-            results[i] = Result(str(path), duration=len(audio) / sr)
-        batches, current = [], []
-        for i in sorted(feats, key=lambda i: feats[i].shape[0]):
-            frames = feats[i].shape[0]
-            if current and (len(current) >= batch_size or frames * (len(current) + 1) > MAX_BATCH_FRAMES):
-                batches.append(current)
-                current = []
-            current.append(i)
-        if current:
+class TFLiteRecognizer(FileTranscriber):
+    """A .tflite from ``asr export`` (asr.runtime, no TensorFlow): one utterance per invoke."""
+
+    def __init__(self, path, num_threads: int | None = None):
+        from asr.runtime import TFLiteModel
+
+        self.model = TFLiteModel(path, num_threads)
+        self.sample_rate = self.model.sample_rate
+        self.metadata = self.model.metadata
+
+    def transcribe_audio(self, audios: list[np.ndarray], batch_size: int = 16) -> list[str]:
+        return [self.model.transcribe(a) for a in audios]
+
+
+def length_batches(frames: list[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length: at most ``batch_size`` items and
+    MAX_BATCH_FRAMES padded frames each."""
+    batches, current = [], []
+    for i in sorted(range(len(frames)), key=frames.__getitem__):
+        if current and (len(current) >= batch_size or frames[i] * (len(current) + 1) > MAX_BATCH_FRAMES):
             batches.append(current)
-        for batch in batches:
-            for i, text in zip(batch, self.decode([feats[i] for i in batch])):
-                results[i] = Result(str(paths[i]), text=text, duration=results[i].duration)
-        return results  # type: ignore[return-value]
+            current = []
+        current.append(i)
+    return batches + [current] if current else batches
 
 
-def load_recognizer(model=None):
-    """A Recognizer for a model directory (default: the shipped FSDD model)."""
-    model = Path(model) if model else DEFAULT_MODEL
+def load_recognizer(model=None, num_threads: int | None = None) -> FileTranscriber:
+    """A recognizer for a model directory (tf_keras) or a .tflite file (ai-edge-litert, no
+    TensorFlow import). Default: the shipped FSDD model, models/fsdd.tflite, else models/fsdd."""
+    if model is None:
+        model = next((m for m in DEFAULT_MODELS if m.exists()), None)
+        if model is None:
+            raise FileNotFoundError(f"no shipped model in {MODELS}: run recipes/fsdd/run.sh, or pass --model")
+    model = Path(model)
     if not model.exists():
-        hint = "" if model != DEFAULT_MODEL else " (the shipped model is missing: train one with recipes/fsdd/run.sh)"
-        raise FileNotFoundError(f"model not found: {model}{hint}")
+        raise FileNotFoundError(f"model not found: {model}")
+    if model.is_file():
+        return TFLiteRecognizer(model, num_threads=num_threads)
     return Recognizer(model)

@@ -5,20 +5,21 @@
 #
 # --data-dir DIR   use an existing copy (a folder holding recordings/) instead of downloading
 # Stages: 0 download, 1 prepare, 2 train (dataset split and held-out speaker, side by side),
-#         3 evaluate, 4 publish to models/fsdd. Each stage writes exp/.done-<stage> and is
-#         skipped when that marker exists; training and feature caches resume after a kill.
+#         3 evaluate, 4 export (dynamic-int8 .tflite, evaluated too), 5 publish to models/.
+#         Each stage writes exp/.done-<stage> and is skipped when that marker exists; training
+#         and the feature cache resume after a kill.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 stage=0
-stop_stage=4
+stop_stage=5
 data_dir=""
 while [ $# -gt 0 ]; do
   case $1 in
     --stage) stage=$2; shift 2 ;;
     --stop-stage) stop_stage=$2; shift 2 ;;
     --data-dir) data_dir=$(cd "$2" && pwd); shift 2 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -72,17 +73,28 @@ train() {
 evaluate() {
   for split in split heldout; do
     for part in test test_connected; do
-      "$asr" evaluate --model "exp/$split/best" --manifest "data/manifests/$split/$part.jsonl" --out "exp/$split/eval/$part"
+      "$asr" evaluate --model "exp/$split/model" --manifest "data/manifests/$split/$part.jsonl" --out "exp/$split/eval/$part"
     done
   done
 }
 
+export_tflite() {
+  "$asr" export exp/split/model -o exp/split/model.tflite --quantization dynamic
+  for part in test test_connected; do
+    "$asr" evaluate --model exp/split/model.tflite --manifest "data/manifests/split/$part.jsonl" \
+      --out "exp/split/eval-tflite/$part"
+  done
+}
+
 publish() {
-  "$asr" publish --model exp/split/best --dest "$root/models/fsdd" \
+  "$asr" publish --model exp/split/model --dest "$root/models/fsdd" \
     --metrics "isolated_test=exp/split/eval/test/summary.json" \
               "connected_test=exp/split/eval/test_connected/summary.json" \
               "heldout_isolated=exp/heldout/eval/test/summary.json" \
-              "heldout_connected=exp/heldout/eval/test_connected/summary.json"
+              "heldout_connected=exp/heldout/eval/test_connected/summary.json" \
+    --tflite exp/split/model.tflite \
+    --tflite-metrics "isolated_test=exp/split/eval-tflite/test/summary.json" \
+                     "connected_test=exp/split/eval-tflite/test_connected/summary.json"
   "$root/.venv/bin/python" -m asr.report exp > exp/RESULTS.md
   cat exp/RESULTS.md
 }
@@ -91,4 +103,5 @@ run_stage 0 download download
 run_stage 1 prepare prepare
 run_stage 2 train train
 run_stage 3 evaluate evaluate
-run_stage 4 publish publish
+run_stage 4 export export_tflite
+run_stage 5 publish publish

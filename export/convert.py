@@ -1,0 +1,118 @@
+"""Keras model directory -> one self-contained .tflite: raw PCM in, log-probabilities out.
+
+    input  "pcm"        float32 [num_samples], 16 kHz, [-1, 1], any length (resize per call)
+    output "log_probs"  float32 [num_frames, vocab_size], num_frames = output_length(1 + n // hop)
+
+The graph is the in-graph frontend (export/frontend.py) followed by the network built without
+the lengths input (asr.model.build_model(with_lengths=False)), whose fused LSTMs convert to
+UNIDIRECTIONAL_SEQUENCE_LSTM builtins. Quantization modes:
+    float32  no quantization
+    float16  float16 weights (dequantized at load)
+    dynamic  int8 weights, float activations quantized on the fly (the default)
+    int8     full integer: weights and activations, calibrated on a manifest's utterances
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+import asr  # noqa: F401
+from export.frontend import log_mel_graph
+from export.metadata import INPUT_NAME, OUTPUT_NAME, build_metadata, embed
+
+QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
+DEFAULT_QUANTIZATION = "dynamic"
+CALIBRATION_UTTERANCES = 200  # representative examples for full-int8 calibration
+
+
+class ExportError(ValueError):
+    pass
+
+
+def inference_network(config, net):
+    """The with_lengths=False twin of ``net`` with its weights, for one unpadded utterance."""
+    from asr.model import build_model
+
+    twin = build_model(config.model, config.features.n_mels, config.vocabulary.size, with_lengths=False)
+    for layer in twin.layers:
+        if layer.weights:
+            layer.set_weights(net.get_layer(layer.name).get_weights())
+    return twin
+
+
+def serving_function(config, stats, twin):
+    """tf.function: pcm [num_samples] -> {"log_probs": [num_frames, vocab_size]}."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name=INPUT_NAME)])
+    def serve(pcm):
+        feats = log_mel_graph(pcm, config.features, stats)[None]  # [1, frames, n_mels]
+        logits = twin(feats, training=False)[0]  # [out_frames, vocab_size]
+        return {OUTPUT_NAME: tf.nn.log_softmax(logits)}
+
+    return serve
+
+
+def calibration_audio(manifest, limit: int = CALIBRATION_UTTERANCES) -> list[np.ndarray]:
+    """Audio of up to ``limit`` utterances of ``manifest``; missing or unreadable files are
+    named all together in one ExportError."""
+    from asr.audio import AudioError, load_audio
+    from asr.manifest import read_manifest
+
+    utts = read_manifest(manifest)[:limit]
+    audio, problems = [], []
+    for u in utts:
+        try:
+            audio.append(load_audio(u.audio))
+        except AudioError as err:
+            problems.append(f"{u.audio} ({err})")
+    if problems:
+        raise ExportError(f"calibration manifest {manifest}: {len(problems)} unusable file(s): " + "; ".join(problems))
+    if not audio:
+        raise ExportError(f"calibration manifest {manifest} is empty")
+    return audio
+
+
+def convert(config, stats, net, quantization: str, calibration: list[np.ndarray] | None = None) -> bytes:
+    """TFLite flatbuffer bytes of the full graph (no metadata yet)."""
+    import tensorflow as tf
+
+    if quantization not in QUANTIZATIONS:
+        raise ExportError(f"unknown quantization {quantization!r} (choose from {', '.join(QUANTIZATIONS)})")
+    twin = inference_network(config, net)
+    concrete = serving_function(config, stats, twin).get_concrete_function()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], twin)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex, no custom ops
+    if quantization != "float32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantization == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if quantization == "int8":
+        if not calibration:
+            raise ExportError("int8 needs calibration audio (--calibration MANIFEST)")
+        converter.representative_dataset = lambda: ([a] for a in calibration)
+    return converter.convert()
+
+
+def export_model(model_dir, out, quantization: str = DEFAULT_QUANTIZATION, calibration_manifest=None) -> Path:
+    """Convert ``model_dir`` to ``out`` with embedded metadata. The file is written to a
+    temporary name beside ``out`` and renamed, so ``out`` is never half-written."""
+    from asr.checkpoint import load_model_dir
+
+    if quantization == "int8" and calibration_manifest is None:
+        raise ExportError("--quantization int8 needs --calibration MANIFEST")
+    calibration = calibration_audio(calibration_manifest) if calibration_manifest else None
+    config, stats, meta, net = load_model_dir(model_dir)
+    flatbuffer = convert(config, stats, net, quantization, calibration)
+    flatbuffer = embed(flatbuffer, build_metadata(config, stats, meta, quantization))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(flatbuffer)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out

@@ -1,0 +1,94 @@
+"""Metadata embedded in the .tflite, so the file is the whole contract.
+
+Stored as one entry of the flatbuffer's ``Model.metadata`` list, named ``METADATA_NAME``, whose
+buffer holds UTF-8 JSON (see docs/deployment.md for the keys). ``asr.runtime.read_metadata``
+reads it back with the flatbuffers schema that ships with ai-edge-litert, without TensorFlow.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from asr import __version__
+from asr.model import SUBSAMPLING
+
+METADATA_NAME = "asr_metadata"
+METADATA_VERSION = 1
+INPUT_NAME = "pcm"  # float32 [num_samples], 16 kHz, [-1, 1]
+OUTPUT_NAME = "log_probs"  # float32 [num_frames, vocab_size]
+
+
+def build_metadata(config, stats, meta: dict, quantization: str) -> dict:
+    """Everything an app needs to feed the model and turn its output into text."""
+    spec = config.features
+    return {
+        "format": "asr-tflite",
+        "metadata_version": METADATA_VERSION,
+        "asr_version": __version__,
+        "input": {
+            "name": INPUT_NAME,
+            "dtype": "float32",
+            "shape": ["num_samples"],
+            "sample_rate": spec.sample_rate,
+            "range": [-1.0, 1.0],
+            "channels": 1,
+        },
+        "output": {
+            "name": OUTPUT_NAME,
+            "dtype": "float32",
+            "shape": ["num_frames", config.vocabulary.size],
+            "meaning": "log-probabilities per output frame (log-softmax over the vocabulary)",
+            "num_frames": f"ceil((1 + num_samples // {spec.hop_length}) / {SUBSAMPLING})",
+            "frame_shift_seconds": spec.hop_length * SUBSAMPLING / spec.sample_rate,
+        },
+        "decoding": {
+            "method": "greedy CTC: argmax per frame, collapse repeats, drop blanks",
+            "blank_index": config.vocabulary.blank,
+            "vocabulary": config.vocabulary.symbols,
+        },
+        "reset_state_before_each_utterance": True,
+        "features": config.features.to_dict(),
+        "normalization_stats": stats.to_dict() if stats is not None else None,
+        "model": config.model.to_dict(),
+        "quantization": quantization,
+        "training_corpus": meta.get("corpus", ""),
+        "metrics": meta.get("metrics", {}),
+    }
+
+
+def embed(tflite: bytes, metadata: dict) -> bytes:
+    """Return ``tflite`` with ``metadata`` (JSON) added as the METADATA_NAME entry."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(tflite, 0))
+    data = json.dumps(metadata, ensure_ascii=False, sort_keys=True).encode("utf-8")
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(data, np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = METADATA_NAME
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [m for m in (model.metadata or []) if m.name != METADATA_NAME.encode()] + [entry]
+    builder = flatbuffers.Builder(len(tflite) + len(data) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def publish_tflite(src, dest, metrics: dict):
+    """Copy ``src`` to ``dest`` (atomically) with ``metrics`` (name -> evaluation summary of
+    this very file) in its metadata."""
+    import os
+    from pathlib import Path
+
+    from asr.checkpoint import metric_summary
+    from asr.runtime import read_metadata
+
+    src, dest = Path(src), Path(dest)
+    metadata = read_metadata(src)
+    metadata["metrics"] = metric_summary(metrics)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    tmp.write_bytes(embed(src.read_bytes(), metadata))
+    os.replace(tmp, dest)
+    return dest

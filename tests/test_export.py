@@ -1,0 +1,249 @@
+"""On-device export: builtin ops only, frontend parity, lengths, state reset, metadata, no
+TensorFlow on the runtime path, and bad input."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO_ROOT, tiny_config
+
+SHIPPED = REPO_ROOT / "models" / "fsdd"
+QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
+
+
+def op_names(tflite: bytes) -> set[str]:
+    """Operator names in a flatbuffer, custom ops as CUSTOM:<name>."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    model = schema.Model.GetRootAsModel(tflite, 0)
+    out = set()
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        op = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        out.add(f"CUSTOM:{code.CustomCode().decode()}" if op == schema.BuiltinOperator.CUSTOM else names[op])
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A randomly initialised tiny model directory (BN statistics made non-trivial)."""
+    from asr.checkpoint import save_model_dir
+    from asr.model import build_model
+
+    config = tiny_config("model.conv_channels=4", "model.lstm_units=8")
+    net = build_model(config.model, config.features.n_mels, config.vocabulary.size)
+    rng = np.random.default_rng(0)
+    for layer in net.layers:
+        if layer.name.endswith("_bn"):
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights([gamma, beta + 0.3, rng.normal(0, 0.5, mean.shape), rng.uniform(0.5, 2, var.shape)])
+    return save_model_dir(tmp_path_factory.mktemp("m") / "tiny", config, net, None, corpus="test")
+
+
+@pytest.fixture(scope="module")
+def calibration(tmp_path_factory, fsdd_dir):
+    from conftest import write_fsdd_manifest
+
+    return write_fsdd_manifest(tmp_path_factory.mktemp("cal") / "cal.jsonl", fsdd_dir, [f"{d}_lucas_7" for d in range(10)])
+
+
+@pytest.fixture(scope="module")
+def tiny_tflites(tiny_model_dir, calibration, tmp_path_factory):
+    from export.convert import export_model
+
+    out = tmp_path_factory.mktemp("tflite")
+    return {q: export_model(tiny_model_dir, out / f"{q}.tflite", q, calibration if q == "int8" else None)
+            for q in QUANTIZATIONS}
+
+
+@pytest.mark.parametrize("quantization", QUANTIZATIONS)
+def test_every_variant_has_builtin_ops_only(tiny_tflites, quantization):
+    ops = op_names(tiny_tflites[quantization].read_bytes())
+    assert not [o for o in ops if o.startswith("CUSTOM") or "FLEX" in o.upper()], ops
+    assert "UNIDIRECTIONAL_SEQUENCE_LSTM" in ops  # fused LSTMs, not WHILE loops
+    assert "WHILE" not in ops and "RFFT2D" in ops
+
+
+def test_metadata_is_readable_without_tensorflow(tiny_tflites, tiny_model_dir):
+    code = (
+        "import sys, json; from asr.runtime import read_metadata; "
+        f"m = read_metadata({str(tiny_tflites['dynamic'])!r}); "
+        "assert 'tensorflow' not in sys.modules; print(json.dumps(m))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), check=True)
+    meta = json.loads(out.stdout)
+    saved = json.loads((tiny_model_dir / "model.json").read_text())
+    assert meta["decoding"]["vocabulary"][meta["decoding"]["blank_index"]] == "<blank>"
+    assert len(meta["decoding"]["vocabulary"]) == meta["output"]["shape"][1]
+    assert meta["input"]["sample_rate"] == 16000 and meta["quantization"] == "dynamic"
+    assert meta["features"] == saved["config"]["features"] and meta["model"] == saved["config"]["model"]
+    assert meta["output"]["frame_shift_seconds"] == pytest.approx(0.04)
+    assert meta["training_corpus"] == "test" and meta["asr_version"]
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+
+
+def test_lengths_from_a_tenth_of_a_second_to_a_minute_in_one_interpreter(tiny_tflites, tiny_model_dir, rng):
+    """One interpreter resized per call; the float32 model equals the Keras twin at each length."""
+    from asr.model import output_length
+    from asr.runtime import TFLiteModel
+    from asr.transcription import Recognizer
+
+    model = TFLiteModel(tiny_tflites["float32"], num_threads=1)
+    keras = Recognizer(tiny_model_dir)
+    for seconds in (0.1, 0.5, 3.0, 60.0, 1.0, 0.1):
+        pcm = (0.1 * rng.standard_normal(int(seconds * 16000))).astype(np.float32)
+        out = model.log_probs(pcm)
+        assert out.shape == (output_length(1 + len(pcm) // 160), 29)
+        expected = keras.log_probs([keras.features(pcm)])[0]
+        np.testing.assert_allclose(out, expected, atol=2e-3)
+
+
+def test_state_is_reset_between_utterances(tiny_tflites, fsdd_dir):
+    """The same audio twice gives identical output; invoking without the reset would not."""
+    from asr.audio import load_audio
+    from asr.runtime import TFLiteModel
+
+    pcm = load_audio(fsdd_dir / "5_yweweler_2.wav")
+    model = TFLiteModel(tiny_tflites["dynamic"], num_threads=1)
+    first = model.log_probs(pcm)
+    np.testing.assert_array_equal(model.log_probs(pcm), first)
+    interp = model.interpreter  # negative control: the same invoke without reset_all_variables
+    interp.set_tensor(interp.get_input_details()[0]["index"], pcm)
+    interp.invoke()
+    stale = interp.get_tensor(interp.get_output_details()[0]["index"])
+    assert not np.allclose(stale, first, atol=1e-6)
+
+
+def test_frontend_matches_librosa_on_real_speech(clips_dir, fsdd_dir, tmp_path):
+    """The in-graph frontend, converted to TFLite, against asr.features.extract."""
+    import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
+
+    from asr.audio import load_audio
+    from asr.config import load_config
+    from export.frontend import log_mel_graph, reference_log_mel
+
+    spec = load_config(REPO_ROOT / "models" / "configs" / "fsdd.yaml").features
+    fn = tf.function(lambda pcm: log_mel_graph(pcm, spec), input_signature=[tf.TensorSpec([None], tf.float32)])
+    flat = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], fn).convert()
+    interp = Interpreter(model_content=flat, num_threads=1)
+    files = sorted(clips_dir.glob("*.wav")) + sorted(f for f in fsdd_dir.glob("*.wav") if int(f.stem.split("_")[2]) < 5)
+    worst = 0.0
+    for f in files:
+        pcm = load_audio(f)
+        interp.resize_tensor_input(0, [len(pcm)])
+        interp.allocate_tensors()
+        interp.set_tensor(interp.get_input_details()[0]["index"], pcm)
+        interp.invoke()
+        got = interp.get_tensor(interp.get_output_details()[0]["index"])
+        worst = max(worst, float(np.abs(got - reference_log_mel(pcm, spec)).max()))
+    assert len(files) >= 250 + 7
+    assert worst <= 1e-3
+
+
+@pytest.mark.slow
+def test_float32_tflite_transcripts_equal_keras_on_the_fsdd_test_split(fsdd_dir, tmp_path):
+    from asr.audio import load_audio
+    from asr.runtime import TFLiteModel
+    from asr.transcription import Recognizer
+    from export.convert import export_model
+
+    if not (SHIPPED / "model.json").is_file():
+        pytest.skip("the shipped Keras model is absent: run recipes/fsdd/run.sh")
+    flat = export_model(SHIPPED, tmp_path / "f32.tflite", "float32")
+    audios = [load_audio(f) for f in sorted(fsdd_dir.glob("*.wav")) if int(f.stem.split("_")[2]) < 5]
+    assert len(audios) == 250
+    keras = Recognizer(SHIPPED).transcribe_audio(audios, batch_size=32)
+    model = TFLiteModel(flat, num_threads=1)
+    assert [model.transcribe(a) for a in audios] == keras
+
+
+def test_transcribe_with_tflite_never_imports_tensorflow(tiny_tflites, fsdd_wav):
+    code = (
+        "import sys; from asr.cli import main; "
+        f"rc = main(['transcribe', '--model', {str(tiny_tflites['dynamic'])!r}, {str(fsdd_wav)!r}]); "
+        "assert 'tensorflow' not in sys.modules, 'tensorflow was imported'; sys.exit(rc)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env())
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"{fsdd_wav}\t")
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_tflite_without_our_metadata_is_refused_clearly(tiny_model_dir, tmp_path):
+    from asr.checkpoint import load_model_dir
+    from asr.runtime import ModelFileError, TFLiteModel
+    from export.convert import convert
+
+    config, stats, _, net = load_model_dir(tiny_model_dir)
+    plain = tmp_path / "plain.tflite"
+    plain.write_bytes(convert(config, stats, net, "float32"))
+    with pytest.raises(ModelFileError, match="not exported by 'asr export'"):
+        TFLiteModel(plain)
+
+
+@pytest.mark.parametrize("damage", ["random", "truncated", "empty"])
+def test_corrupt_tflite_gives_a_clear_error(tiny_tflites, tmp_path, damage):
+    from asr.runtime import ModelFileError, TFLiteModel
+
+    data = tiny_tflites["dynamic"].read_bytes()
+    bad = {"random": np.random.default_rng(1).bytes(5000), "truncated": data[: len(data) // 3], "empty": b""}[damage]
+    path = tmp_path / "bad.tflite"
+    path.write_bytes(bad)
+    with pytest.raises(ModelFileError, match=r"bad\.tflite: (not a TFLite model|corrupt|the interpreter cannot)"):
+        TFLiteModel(path)
+
+
+def test_cli_reports_a_bad_model_in_one_line(tmp_path, fsdd_wav):
+    path = tmp_path / "junk.tflite"
+    path.write_bytes(b"not a model at all")
+    out = subprocess.run([sys.executable, "-m", "asr", "transcribe", "--model", str(path), str(fsdd_wav)],
+                         capture_output=True, text=True, env=_env())
+    assert out.returncode == 2
+    assert out.stderr.strip() == f"asr transcribe: error: {path}: not a TFLite model (no TFL3 flatbuffer identifier)"
+
+
+def test_calibration_manifest_with_missing_files_names_them(tiny_model_dir, tmp_path, fsdd_dir):
+    from asr.manifest import Utterance, write_manifest
+    from export.convert import ExportError, export_model
+
+    gone = [tmp_path / "gone1.wav", tmp_path / "gone2.wav"]
+    utts = [Utterance("ok", str(fsdd_dir / "1_lucas_9.wav"), 0.4, "one")]
+    utts += [Utterance(p.stem, str(p), 0.4, "x") for p in gone]
+    write_manifest(tmp_path / "cal.jsonl", utts)
+    with pytest.raises(ExportError) as info:
+        export_model(tiny_model_dir, tmp_path / "x.tflite", "int8", tmp_path / "cal.jsonl")
+    assert "2 unusable file(s)" in str(info.value)
+    assert all(str(p) in str(info.value) for p in gone)
+    assert not (tmp_path / "x.tflite").exists()
+
+
+def test_export_interrupted_mid_write_leaves_the_existing_file_untouched(tiny_model_dir, tmp_path, monkeypatch):
+    from export.convert import export_model
+
+    out = tmp_path / "model.tflite"
+    out.write_bytes(b"previous export")
+    real_write = Path.write_bytes
+
+    def disk_full(self, data):  # half the bytes reach the disk, then the write fails
+        real_write(self, data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        export_model(tiny_model_dir, out, "float32")
+    monkeypatch.undo()
+    assert out.read_bytes() == b"previous export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.tflite"]  # the partial temporary is gone
