@@ -7,6 +7,6 @@ Importing ``asr`` itself never imports TensorFlow.
 import os
 
 os.environ["TF_USE_LEGACY_KERAS"] = "1"  # must precede the first TensorFlow import
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # C++ errors such as the CUDA probe on CPU-only machines; set 0 to debug
 
 __version__ = "0.1.0"

@@ -229,8 +229,37 @@ def cmd_publish(args) -> int:
     return 0
 
 
+def _needs_tensorflow(args) -> bool:
+    """Only the Keras paths import TensorFlow; a .tflite model never does."""
+    if args.command in ("train", "export"):
+        return True
+    if args.command in ("evaluate", "transcribe"):
+        model = getattr(args, "model", None)
+        return not (model and Path(model).is_file())
+    return False
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with file descriptor 2 pointed at /dev/null: its C++ start-up lines
+    (oneDNN, CUDA probing) would otherwise bury the command's own messages on stderr."""
+    import os
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if _needs_tensorflow(args):
+        _import_tensorflow_quietly()
     try:
         return args.func(args)
     except KeyboardInterrupt:

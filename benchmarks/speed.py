@@ -5,9 +5,11 @@
 Measures, with the FSDD recipe's config (models/configs/fsdd.yaml):
 - training: audio seconds per wall second and epoch time, from epoch 2 of a fresh run on the
   dataset's train split (epoch 1 includes graph tracing), all CPU threads;
-- transcription: real-time factor of ``Recognizer.transcribe_files`` on the FSDD test split
-  (features, network and decoding; audio already on disk), and the start-up time of the
-  ``asr transcribe`` command: process start to printed text for one file, median of 3.
+- transcription, for the shipped Keras model (models/fsdd) and the shipped .tflite
+  (models/fsdd.tflite, what ``asr transcribe`` uses by default): real-time factor of
+  ``transcribe_files`` on the FSDD test split (reading, features, network and decoding), and the
+  start-up time of the ``asr transcribe`` command: process start to printed text for one file,
+  median of 3.
 """
 from __future__ import annotations
 
@@ -45,13 +47,13 @@ def bench_training(data_dir: Path, work: Path) -> dict:
     }
 
 
-def bench_transcription(data_dir: Path, model: Path) -> dict:
+def bench_transcription(data_dir: Path, model: Path, threads: int | None = None) -> dict:
     from asr.corpora.fsdd import TEST_INDICES, scan
     from asr.transcription import load_recognizer
 
     recs, _ = scan(data_dir)
     paths = [str(r.path) for r in recs if r.index in TEST_INDICES]
-    recognizer = load_recognizer(model)
+    recognizer = load_recognizer(model, num_threads=threads)
     recognizer.transcribe_files(paths[:8])  # warm-up: tracing and librosa's first call
     start = time.perf_counter()
     results = recognizer.transcribe_files(paths)
@@ -60,8 +62,8 @@ def bench_transcription(data_dir: Path, model: Path) -> dict:
     startup = []
     for _ in range(STARTUP_RUNS):
         t0 = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "asr", "transcribe", "--model", str(model), paths[0]],
-                             capture_output=True, text=True, check=True)
+        cmd = [sys.executable, "-m", "asr", "transcribe", "--model", str(model), paths[0]]
+        out = subprocess.run(cmd + (["--threads", str(threads)] if threads else []), capture_output=True, text=True, check=True)
         startup.append(time.perf_counter() - t0)
         assert out.stdout.strip(), "asr transcribe printed nothing"
     return {
@@ -77,14 +79,17 @@ def bench_transcription(data_dir: Path, model: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, required=True, help="FSDD copy holding recordings/")
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "fsdd")
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "fsdd", help="Keras model directory")
+    parser.add_argument("--tflite", type=Path, default=ROOT / "models" / "fsdd.tflite", help="exported model")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed.json")
     parser.add_argument("--skip-training", action="store_true")
     args = parser.parse_args()
     from asr.report import machine
 
     result = {"machine": machine(), "tensorflow_threads": "all (%d cores)" % os.cpu_count()}
-    result["transcription"] = bench_transcription(args.data_dir, args.model)
+    result["transcription_keras"] = bench_transcription(args.data_dir, args.model)
+    if args.tflite.is_file():
+        result["transcription_tflite_1_thread"] = bench_transcription(args.data_dir, args.tflite, threads=1)
     if not args.skip_training:
         with tempfile.TemporaryDirectory() as work:
             result["training"] = bench_training(args.data_dir, Path(work))

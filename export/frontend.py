@@ -6,8 +6,9 @@ pipeline (asr.features); every op converts to a TFLite builtin.
 
 Steps, mirroring librosa.feature.melspectrogram(center=True, pad_mode="constant"):
 zero-pad n_fft // 2 on both sides, frame (n_fft, hop), multiply by the zero-padded Hann window,
-power spectrum with a power-of-two RFFT, the librosa mel matrix as a constant, log(x + floor),
-then the stored normalization (per utterance, or the global mean and std as constants).
+power spectrum with a power-of-two RFFT, the librosa mel matrix as constants (in blocks small
+enough to stay float under quantization), log(x + floor), then the stored normalization (per
+utterance, or the global mean and std as constants).
 """
 from __future__ import annotations
 
@@ -15,6 +16,32 @@ import numpy as np
 
 import asr  # noqa: F401
 from asr.features import NORM_EPS, FeatureSpec, GlobalStats
+
+# TFLite's post-training quantization leaves constant weights with fewer elements than this in
+# float. The mel projection must stay float: as one [257, 80] matmul, dynamic-range quantization
+# quantizes each frame's power spectrum to int8 on the fly, and with 60-80 dB of range in a
+# frame every quiet bin becomes zero before the log (measured: 76% of frames kept their argmax).
+UNQUANTIZED_MAX_ELEMENTS = 1023
+
+
+def mel_groups(mel: np.ndarray, max_elements: int = UNQUANTIZED_MAX_ELEMENTS) -> list[tuple[int, int, int, int]]:
+    """Split the mel matrix [bins, n_mels] into column groups (first_bin, end_bin, first_mel,
+    end_mel) covering each group's non-zero bins, every block at most ``max_elements``."""
+    support = [np.nonzero(mel[:, j])[0] for j in range(mel.shape[1])]
+    span = [(int(s.min()), int(s.max()) + 1) if s.size else (0, 1) for s in support]
+    groups, start = [], 0
+    while start < mel.shape[1]:
+        end, lo, hi = start + 1, span[start][0], span[start][1]
+        while end < mel.shape[1]:
+            lo2, hi2 = min(lo, span[end][0]), max(hi, span[end][1])
+            if (hi2 - lo2) * (end + 1 - start) > max_elements:
+                break
+            lo, hi, end = lo2, hi2, end + 1
+        if (hi - lo) * (end - start) > max_elements:
+            raise ValueError(f"mel filter {start} spans {hi - lo} bins: too wide to keep unquantized")
+        groups.append((lo, hi, start, end))
+        start = end
+    return groups
 
 
 def log_mel_graph(pcm, spec: FeatureSpec, stats: GlobalStats | None = None):
@@ -27,7 +54,10 @@ def log_mel_graph(pcm, spec: FeatureSpec, stats: GlobalStats | None = None):
     frames = frames * tf.constant(spec.window())
     spectrum = tf.signal.rfft(frames, fft_length=[spec.n_fft])  # [num_frames, n_fft // 2 + 1]
     power = tf.math.real(spectrum) ** 2 + tf.math.imag(spectrum) ** 2
-    mel = tf.matmul(power, tf.constant(spec.mel_matrix()))  # [num_frames, n_mels]
+    matrix = spec.mel_matrix()  # [n_fft // 2 + 1, n_mels]
+    mel = tf.concat(  # [num_frames, n_mels], one small matmul per group of neighbouring filters
+        [tf.matmul(power[:, lo:hi], tf.constant(matrix[lo:hi, a:b])) for lo, hi, a, b in mel_groups(matrix)], axis=1
+    )
     feats = tf.math.log(mel + spec.log_floor)
     if spec.normalization == "utterance":
         mean = tf.reduce_mean(feats, axis=0, keepdims=True)

@@ -11,9 +11,11 @@ with the CTC trainer of asr.training and written as a model directory.
     qat      quantization-aware training. tfmot's quantize_model rejects Bidirectional, so the
              layers are wrapped here with QuantizeConfigs that mirror what TFLite's full-int8
              graph quantizes: the features entering conv0, conv kernels (per channel; BN is
-             folded per channel, which leaves per-channel grids unchanged), ReLU outputs, the
-             BiLSTM outputs (an output-only config; TFLite's integer LSTM keeps its gates and
-             cell state in int16, which tfmot cannot model) and the logits kernel and output.
+             folded per channel, which leaves per-channel grids unchanged), ReLU outputs and the
+             logits kernel and output. The BiLSTMs are left to calibration: TFLite's integer
+             LSTM keeps gates and cell state in int16, which tfmot cannot model, and a fake
+             quantizer on a BiLSTM's output (on the Bidirectional or the Dropout after it)
+             makes the converter fail ("Failed to duplicate values for the stateful op").
 
 Pruned and clustered model directories are ordinary ones (same layer names, weights.h5 of the
 with_lengths=True network), so export/convert.py converts them unchanged; gzip shrinks their
@@ -25,7 +27,7 @@ ranges, which ``export_int8`` converts.
 does) collapses the power spectrum to a few int8 levels before the log and costs most of the
 accuracy; the network itself converts to int8 with no measurable loss (benchmarks/tfmot.py).
 
-Model model.json gains "optimization": {"technique", its settings, "source", "epochs",
+model.json gains "optimization": {"technique", its settings, "source", "epochs",
 "dev" (WER/CER after fine-tuning), "seconds"}.
 """
 from __future__ import annotations
@@ -120,18 +122,10 @@ def plain_copy(config, source):
     from asr.model import build_model
 
     net = build_model(config.model, config.features.n_mels, config.vocabulary.size)
-    layers = {layer.name: layer for layer in _unwrapped_layers(source)}
     for layer in net.layers:
         if layer.weights:
-            layer.set_weights(layers[layer.name].get_weights())
+            layer.set_weights(source.get_layer(layer.name).get_weights())
     return net
-
-
-def _unwrapped_layers(model):
-    """The layers of ``model`` with tfmot QuantizeWrappers replaced by the layers they wrap."""
-    from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapper
-
-    return [layer.layer if isinstance(layer, QuantizeWrapper) else layer for layer in model.layers]
 
 
 def _save(out_dir, config, stats, net, meta: dict, optimization: dict) -> Path:
@@ -162,6 +156,7 @@ def _run(technique: str, model_dir, train_manifests, dev_manifests, out_dir, epo
         "epochs": epochs,
         "steps": data["steps"] * epochs,
         "learning_rate": FINETUNE_LEARNING_RATE,
+        "train_hours": data["train_hours"],
         "loss": losses,
         "dev": dev_error_rates(plain, config, data["dev"]),
         "seconds": round(time.perf_counter() - start, 1),
@@ -362,12 +357,13 @@ def quantize_config_class():
 def qat_configs(net) -> dict:
     """Layer name -> QuantizeConfig settings for the layers of ``net`` that QAT wraps:
     add_channel (output: the features entering conv0), conv{i} (per-channel kernel),
-    conv{i}_relu (output), bilstm{i} (output only), logits (kernel and output)."""
+    conv{i}_relu (output: what enters the first BiLSTM), logits (kernel and output). The
+    BiLSTMs and their outputs are left to calibration (see the module docstring)."""
     import tf_keras as keras
 
     out = {}
     for layer in net.layers:
-        if layer.name == "add_channel" or isinstance(layer, (keras.layers.ReLU, keras.layers.Bidirectional)):
+        if layer.name == "add_channel" or isinstance(layer, keras.layers.ReLU):
             out[layer.name] = {"output": True}
         elif isinstance(layer, keras.layers.Conv2D):
             out[layer.name] = {"weights": ["kernel"], "per_axis": True}
@@ -378,14 +374,30 @@ def qat_configs(net) -> dict:
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def quantize_wrapper_class():
+    """tfmot's QuantizeWrapperV2, except that it keeps Keras' propagated ``mask`` from layers
+    whose call() has no mask argument (Dense after the masked BiLSTMs) (created once)."""
+    import inspect
+
+    import tensorflow_model_optimization as tfmot
+
+    class MaskSafeQuantizeWrapper(tfmot.quantization.keras.QuantizeWrapperV2):
+        def call(self, inputs, training=None, **kwargs):
+            if "mask" in kwargs and "mask" not in inspect.signature(self.layer.call).parameters:
+                kwargs.pop("mask")
+            return super().call(inputs, training=training, **kwargs)
+
+    return MaskSafeQuantizeWrapper
+
+
 def qat_wrap(net):
     """Copy of ``net`` (with or without lengths) with the ``qat_configs`` layers in
-    QuantizeWrapperV2 (named quant_<layer>), sharing the original layers and weights."""
-    import tensorflow_model_optimization as tfmot
+    quantize wrappers (named quant_<layer>), sharing the original layers and weights."""
     import tf_keras as keras
 
     configs, config_class = qat_configs(net), quantize_config_class()
-    wrapper = tfmot.quantization.keras.QuantizeWrapperV2
+    wrapper = quantize_wrapper_class()
 
     def wrap(layer):
         if layer.name in configs:
@@ -425,7 +437,7 @@ def qat(model_dir, train_manifests, dev_manifests, out_dir, epochs: int = DEFAUL
     with its quantization ranges (QAT_WEIGHTS), for ``export_int8``."""
     out, wrapped = _run(
         "qat", model_dir, train_manifests, dev_manifests, out_dir, epochs, cache_dir,
-        {"quantized": "conv0 input, conv kernels, ReLU and BiLSTM outputs, logits kernel and output",
+        {"quantized": "conv0 input, conv kernels, ReLU outputs, logits kernel and output",
          "qat_weights": QAT_WEIGHTS},
         wrap=lambda net, total: qat_wrap(net),
         callbacks=[],

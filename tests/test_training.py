@@ -176,3 +176,30 @@ def test_labels_too_long_for_their_audio_are_dropped_with_a_count(fsdd_dir, tmp_
     assert report.too_long_label == 2 and report.kept == 3
     assert all(output_length(e.frames) >= len(e.labels) for e in examples)
     assert "dropped 2 utterance(s) whose label cannot fit" in "\n".join(report.lines("train"))
+
+
+@pytest.mark.slow
+def test_averaging_the_last_epochs(fsdd_dir, tmp_path):
+    """EXP/averaged holds the exact mean of the last N checkpoints; EXP/model is whichever of
+    it and the best epoch has the lower dev loss."""
+    import tensorflow as tf
+
+    from asr.checkpoint import checkpoint_dirs, load_model_dir
+    from asr.training import configure_threads, train
+
+    configure_threads(1)
+    m = write_fsdd_manifest(tmp_path / "train.jsonl", fsdd_dir, DIGITS, copies=2)
+    model = train(tiny_config("training.epochs=4", "training.average_last=3"), [m], [m], tmp_path / "exp")
+    assert model == tmp_path / "exp" / "model"
+    _, _, meta, averaged = load_model_dir(tmp_path / "exp" / "averaged")
+    assert meta["averaged_epochs"] == [2, 3, 4]
+    _, _, _, probe = load_model_dir(tmp_path / "exp" / "averaged")
+    weights = []
+    for d in checkpoint_dirs(tmp_path / "exp" / "checkpoints")[-3:]:
+        tf.train.Checkpoint(net=probe).read(str(d / "ckpt")).expect_partial()
+        weights.append(probe.get_weights())
+    for got, *epochs in zip(averaged.get_weights(), *weights):
+        np.testing.assert_allclose(got, np.mean(epochs, axis=0), rtol=1e-6, atol=1e-7)
+    best = json.loads((tmp_path / "exp" / "best" / "model.json").read_text())["dev"]["dev_loss"]
+    chosen = "averaged" if meta["dev_loss"] < best else "best"
+    assert (tmp_path / "exp" / "model" / "weights.h5").read_bytes() == (tmp_path / "exp" / chosen / "weights.h5").read_bytes()
