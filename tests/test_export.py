@@ -124,17 +124,26 @@ def test_state_is_reset_between_utterances(tiny_tflites, fsdd_dir):
     assert not np.allclose(stale, first, atol=1e-6)
 
 
-def test_frontend_matches_librosa_on_real_speech(clips_dir, fsdd_dir, tmp_path):
-    """The in-graph frontend, converted to TFLite, against asr.features.extract."""
+@pytest.mark.parametrize("normalization", ["utterance", "global"])
+def test_frontend_matches_librosa_on_real_speech(clips_dir, fsdd_dir, normalization):
+    """The in-graph frontend, converted to TFLite, against asr.features.extract, with each
+    normalization (global statistics from FSDD training-split recordings)."""
+    import dataclasses
+
     import tensorflow as tf
     from ai_edge_litert.interpreter import Interpreter
 
     from asr.audio import load_audio
     from asr.config import load_config
+    from asr.features import compute_global_stats, log_mel
     from export.frontend import log_mel_graph, reference_log_mel
 
     spec = load_config(REPO_ROOT / "models" / "configs" / "fsdd.yaml").features
-    fn = tf.function(lambda pcm: log_mel_graph(pcm, spec), input_signature=[tf.TensorSpec([None], tf.float32)])
+    spec = dataclasses.replace(spec, normalization=normalization)
+    stats = None
+    if normalization == "global":
+        stats = compute_global_stats((log_mel(load_audio(f), spec) for f in sorted(fsdd_dir.glob("*_4[0-9].wav"))[::10]), spec)
+    fn = tf.function(lambda pcm: log_mel_graph(pcm, spec, stats), input_signature=[tf.TensorSpec([None], tf.float32)])
     flat = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], fn).convert()
     interp = Interpreter(model_content=flat, num_threads=1)
     files = sorted(clips_dir.glob("*.wav")) + sorted(f for f in fsdd_dir.glob("*.wav") if int(f.stem.split("_")[2]) < 5)
@@ -146,7 +155,7 @@ def test_frontend_matches_librosa_on_real_speech(clips_dir, fsdd_dir, tmp_path):
         interp.set_tensor(interp.get_input_details()[0]["index"], pcm)
         interp.invoke()
         got = interp.get_tensor(interp.get_output_details()[0]["index"])
-        worst = max(worst, float(np.abs(got - reference_log_mel(pcm, spec)).max()))
+        worst = max(worst, float(np.abs(got - reference_log_mel(pcm, spec, stats)).max()))
     assert len(files) >= 250 + 7
     assert worst <= 1e-3
 

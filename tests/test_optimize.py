@@ -75,8 +75,8 @@ def test_pruned_model_is_sparse_and_exports_builtin_only(tiny_model_dir, manifes
     from export.convert import export_model
     from export.optimize import prune, sparsity_report
 
-    train, dev = manifests
-    out = prune(tiny_model_dir, [train], [dev], tmp_path / "pruned", sparsity=0.5, epochs=1, cache_dir=cache)
+    train, _ = manifests
+    out = prune(tiny_model_dir, [train], [], tmp_path / "pruned", sparsity=0.5, epochs=1, cache_dir=cache)
     _, _, meta, net = load_model_dir(out)  # a plain model directory again
     sparsity = sparsity_report(net)
     lstm = {k: v for k, v in sparsity.items() if k.startswith("bilstm0/")}
@@ -85,7 +85,7 @@ def test_pruned_model_is_sparse_and_exports_builtin_only(tiny_model_dir, manifes
         assert 0.45 <= zeros <= 0.55, (name, zeros)
     assert 0.45 <= sparsity["logits/kernel"] <= 0.55
     opt = read_model_meta(out)["optimization"]
-    assert opt["technique"] == "prune" and opt["sparsity"] == 0.5 and opt["dev"] is not None
+    assert opt["technique"] == "prune" and opt["sparsity"] == 0.5 and opt["source"] == str(tiny_model_dir)
     assert "metrics" not in meta
     tflite = export_model(out, tmp_path / "pruned.tflite", "dynamic")
     _builtin_only(tflite.read_bytes())
@@ -95,7 +95,7 @@ def test_clustered_kernels_have_at_most_n_values(tiny_model_dir, manifests, cach
     from asr.checkpoint import load_model_dir
     from export.optimize import cluster, unique_values
 
-    train, dev = manifests
+    train, _ = manifests
     out = cluster(tiny_model_dir, [train], [], tmp_path / "clustered", clusters=8, epochs=1, cache_dir=cache)
     _, _, meta, net = load_model_dir(out)
     counts = unique_values(net)
@@ -125,4 +125,5 @@ def test_qat_model_dir_exports_full_int8_with_float_frontend(tiny_model_dir, man
     audio = np.random.default_rng(1).uniform(-0.3, 0.3, 8000).astype(np.float32)
     log_probs = TFLiteModel(tflite, num_threads=1).log_probs(audio)
     assert log_probs.shape[1] == 29 and np.isfinite(log_probs).all()
-    assert json.loads((out / "model.json").read_text())["optimization"]["qat_weights"] == QAT_WEIGHTS
+    opt = json.loads((out / "model.json").read_text())["optimization"]
+    assert opt["qat_weights"] == QAT_WEIGHTS and set(opt["dev"]) == {"wer", "cer"}

@@ -54,10 +54,10 @@ prepare() {
   "$asr" prepare fsdd --data-dir data/fsdd --out data/manifests
 }
 
-train_one() {  # train_one SPLIT: one model, logged with a [SPLIT] prefix
+train_one() {  # train_one SPLIT: one model, logged with a [SPLIT] prefix; isolated digits listed twice
   local m=data/manifests/$1
   "$asr" train --config "$conf" --corpus fsdd --threads 1 --exp "exp/$1" \
-    --train "$m/train.jsonl" "$m/train_connected.jsonl" "$m/train_nonspeech.jsonl" \
+    --train "$m/train.jsonl" "$m/train.jsonl" "$m/train_connected.jsonl" "$m/train_nonspeech.jsonl" \
     --dev "$m/dev.jsonl" "$m/dev_connected.jsonl" 2>&1 | grep --line-buffered -v '^[IWE]0000\|absl::InitializeLog' | sed -u "s/^/[$1] /"
 }
 
