@@ -234,7 +234,9 @@ def _needs_tensorflow(args) -> bool:
     if args.command in ("train", "export"):
         return True
     if args.command in ("evaluate", "transcribe"):
-        model = getattr(args, "model", None)
+        from asr.transcription import default_model
+
+        model = args.model or default_model()
         return not (model and Path(model).is_file())
     return False
 

@@ -122,14 +122,16 @@ def compute_features(
     from tqdm import tqdm
 
     workers = workers or max(1, min(os.cpu_count() or 1, 8))
-    jobs = [(u.audio, spec.to_dict(), factors) for u in utts]
-    results: list = []
+    unique = list(dict.fromkeys(u.audio for u in utts))  # a file listed twice is computed once
+    jobs = [(path, spec.to_dict(), factors) for path in unique]
     desc = f"features x{len(factors)}"
     if workers > 1 and len(jobs) > 50:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            results = list(tqdm(pool.map(_features_for_file, jobs, chunksize=16), total=len(jobs), desc=desc, leave=False, disable=None))
+            done = list(tqdm(pool.map(_features_for_file, jobs, chunksize=16), total=len(jobs), desc=desc, leave=False, disable=None))
     else:
-        results = [_features_for_file(j) for j in tqdm(jobs, desc=desc, leave=False, disable=None)]
+        done = [_features_for_file(j) for j in tqdm(jobs, desc=desc, leave=False, disable=None)]
+    by_path = dict(zip(unique, done))
+    results = [by_path[u.audio] for u in utts]
     feats = [r if isinstance(r, list) else None for r in results]
     errors = [f"{u.id}: {r}" for u, r in zip(utts, results) if isinstance(r, str)]
     if cache_dir:

@@ -158,11 +158,16 @@ def length_batches(frames: list[int], batch_size: int) -> list[list[int]]:
     return batches + [current] if current else batches
 
 
+def default_model() -> Path | None:
+    """The shipped model a command uses without --model, or None when none is shipped."""
+    return next((m for m in DEFAULT_MODELS if m.exists()), None)
+
+
 def load_recognizer(model=None, num_threads: int | None = None) -> FileTranscriber:
     """A recognizer for a model directory (tf_keras) or a .tflite file (ai-edge-litert, no
     TensorFlow import). Default: the shipped FSDD model, models/fsdd.tflite, else models/fsdd."""
     if model is None:
-        model = next((m for m in DEFAULT_MODELS if m.exists()), None)
+        model = default_model()
         if model is None:
             raise FileNotFoundError(f"no shipped model in {MODELS}: run recipes/fsdd/run.sh, or pass --model")
     model = Path(model)

@@ -20,8 +20,7 @@ file and in total: transcripts equal, frame-argmax agreement and max abs diff of
 log-probs. Results are not bit-identical across architectures: compare those, not bytes.
 Exit status: 0 when every transcript is equal, 1 when any differs, 2 on errors.
 
-Needs root (apt, mount, chroot) on a Debian bookworm host (see
-../shared/notes/arm64-emulation.md for the measured recipe). --setup is idempotent: each
+Needs root (apt, mount, chroot) on a Debian bookworm host. --setup is idempotent: each
 step is skipped when already done. It adds <host mirror> bookworm-backports to the apt
 sources because qemu 7.2 (bookworm) computes WRONG int8 results (or crashes) with its
 default CPU; qemu >= 10 is required, and checked before every run. Everything big lives in --work (outside the repository); a run

@@ -24,6 +24,31 @@ VARIANTS = ("utterance", "global")
 TRAIN_FILES = ("train.jsonl", "train.jsonl", "train_connected.jsonl", "train_nonspeech.jsonl")
 
 
+TTS_UTTERANCES = 40
+TTS_VOICES = ("en-us", "en", "en-us+f3", "en+m3", "en-us+f2")
+
+
+def espeak_manifest(out: Path, seed: int = 0) -> Path | None:
+    """TTS_UTTERANCES strings of 1-4 digit words spoken by espeak-ng; None without espeak-ng."""
+    import random
+    import shutil
+
+    from asr.manifest import Utterance, write_manifest
+    from asr.text import DIGIT_WORDS
+
+    if shutil.which("espeak-ng") is None:
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    rng, utts = random.Random(seed), []
+    for i in range(TTS_UTTERANCES):
+        words = " ".join(rng.choice(DIGIT_WORDS) for _ in range(rng.randint(1, 4)))
+        voice, wav = TTS_VOICES[i % len(TTS_VOICES)], out / f"tts_{i:02d}.wav"
+        subprocess.run(["espeak-ng", "-v", voice, "-s", str(rng.randint(120, 170)), "-w", str(wav), words], check=True)
+        utts.append(Utterance(f"tts_{i:02d}", str(wav), 1.0, words, voice))
+    write_manifest(out / "tts.jsonl", utts)
+    return out / "tts.jsonl"
+
+
 def train_both(manifests: Path, work: Path, epochs: int | None) -> dict[str, Path]:
     m = manifests
     procs = {}
@@ -62,6 +87,9 @@ def main() -> int:
             "isolated": work / "manifests" / args.split / "test.jsonl",
             "connected": work / "manifests" / args.split / "test_connected.jsonl",
         }
+        tts = espeak_manifest(work / "tts")
+        if tts is not None:
+            tests["espeak_ng"] = tts
         for norm, model in models.items():
             result["results"][norm] = {
                 name: {k: evaluate(model, m, work / "eval" / norm / name)[k] for k in ("wer", "cer", "words")}

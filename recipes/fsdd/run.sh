@@ -70,12 +70,19 @@ train() {
   return $status
 }
 
-evaluate() {
-  for split in split heldout; do
-    for part in test test_connected; do
-      "$asr" evaluate --model "exp/$split/model" --manifest "data/manifests/$split/$part.jsonl" --out "exp/$split/eval/$part"
-    done
+evaluate_one() {  # evaluate_one SPLIT: its model on its isolated and connected test sets
+  for part in test test_connected; do
+    "$asr" evaluate --model "exp/$1/model" --manifest "data/manifests/$1/$part.jsonl" --out "exp/$1/eval/$part"
   done
+}
+
+evaluate() {
+  evaluate_one split & local a=$!
+  evaluate_one heldout & local b=$!
+  local status=0
+  wait $a || status=1
+  wait $b || status=1
+  return $status
 }
 
 export_tflite() {

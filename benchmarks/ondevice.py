@@ -1,6 +1,6 @@
 """Exported-model benchmark: size, accuracy, speed and start-up of every quantization mode.
 
-    python benchmarks/export.py --data-dir ../shared/data/fsdd [--model models/fsdd] [--out benchmarks/results/export.json]
+    python benchmarks/ondevice.py --data-dir ../shared/data/fsdd [--model models/fsdd] [--out benchmarks/results/ondevice.json]
 
 Exports the model in all four modes (full int8 calibrated on 200 utterances of the FSDD
 train split), verifies each against the Keras model on the isolated-digit and connected-digit
@@ -52,7 +52,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, required=True, help="FSDD copy holding recordings/")
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "fsdd")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "export.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "ondevice.json")
     args = parser.parse_args()
     from asr.corpora import fsdd
     from asr.report import machine
