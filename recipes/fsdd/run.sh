@@ -61,14 +61,16 @@ train_one() {  # train_one SPLIT: one model, logged with a [SPLIT] prefix; isola
     --dev "$m/dev.jsonl" "$m/dev_connected.jsonl" 2>&1 | grep --line-buffered -v '^[IWE]0000\|absl::InitializeLog' | sed -u "s/^/[$1] /"
 }
 
-train() {
-  train_one split & local a=$!
-  train_one heldout & local b=$!
+side_by_side() {  # side_by_side FUNCTION: FUNCTION split and FUNCTION heldout in parallel
+  "$1" split & local a=$!
+  "$1" heldout & local b=$!
   local status=0
   wait $a || status=1
   wait $b || status=1
   return $status
 }
+
+train() { side_by_side train_one; }
 
 evaluate_one() {  # evaluate_one SPLIT: its model on its isolated and connected test sets
   for part in test test_connected; do
@@ -76,14 +78,7 @@ evaluate_one() {  # evaluate_one SPLIT: its model on its isolated and connected 
   done
 }
 
-evaluate() {
-  evaluate_one split & local a=$!
-  evaluate_one heldout & local b=$!
-  local status=0
-  wait $a || status=1
-  wait $b || status=1
-  return $status
-}
+evaluate() { side_by_side evaluate_one; }
 
 export_tflite() {
   "$asr" export exp/split/model -o exp/split/model.tflite --quantization dynamic
