@@ -114,10 +114,10 @@ def markdown(report: dict) -> str:
 
 
 def write_report(report: dict, path) -> tuple[Path, Path]:
-    """Write PATH.json and PATH.md; returns both paths."""
+    """Write PATH.json and PATH.md (PATH keeps its own dots: x.verify -> x.verify.json)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    js, md = path.with_suffix(".json"), path.with_suffix(".md")
+    js, md = path.with_name(path.name + ".json"), path.with_name(path.name + ".md")
     js.write_text(json.dumps(report, indent=2) + "\n")
     md.write_text(markdown(report) + "\n")
     return js, md

@@ -289,3 +289,15 @@ def test_dynamic_int8_keeps_the_keras_frame_decisions(fsdd_dir, tmp_path):
     model = TFLiteModel(flat, num_threads=1)
     same = [model.log_probs(a).argmax(-1) == keras.log_probs([keras.features(a)])[0].argmax(-1) for a in audios]
     assert np.mean(np.concatenate(same)) >= 0.98
+
+
+def test_verification_report_is_written_beside_the_model(tmp_path):
+    from export.verify import markdown, write_report
+
+    report = {"variants": {"keras": {"bytes": 2e6, "gzip_bytes": 1e6}}, "sets": {"test": {
+        "utterances": 1, "audio_seconds": 1.0,
+        "results": {"keras": {"wer": 0.5, "cer": 0.25, "argmax_agreement": 1.0, "rtf_all_threads": 0.01}}}}}
+    js, md = write_report(report, tmp_path / "model.verify")
+    assert (js.name, md.name) == ("model.verify.json", "model.verify.md")
+    assert json.loads(js.read_text()) == report
+    assert "| keras | 2.00 MB | 1.00 MB | 50.00% | 25.00% |" in md.read_text() == markdown(report) + "\n"
