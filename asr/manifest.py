@@ -79,7 +79,7 @@ def _utterance(d: dict, base: Path) -> Utterance:
     if not duration >= 0:
         raise ValueError(f"duration must be >= 0, got {d['duration']!r}")
     audio = Path(d["audio"])
-    audio = audio if audio.is_absolute() else base / audio
+    audio = audio if audio.is_absolute() else Path(os.path.normpath(base / audio))  # no "a/../b"
     return Utterance(d["id"], str(audio), duration, d["text"], str(d.get("speaker") or ""))
 
 

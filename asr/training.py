@@ -348,6 +348,12 @@ def configure_threads(threads: int | None) -> None:
         return
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    if tf.config.threading.get_intra_op_parallelism_threads() == threads:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # TensorFlow already ran something in this process: keep its threads
+        log.warning("TensorFlow is already initialized; its thread counts stay as they are")
+        return
     os.environ["OMP_NUM_THREADS"] = str(threads)
