@@ -2,18 +2,21 @@
 
     python benchmarks/tfmot.py --manifests recipes/fsdd/data/manifests/split [--model models/fsdd]
     python benchmarks/tfmot.py --data-dir ../shared/data/fsdd      # prepares FSDD manifests first
-        [--epochs 3] [--techniques prune cluster qat] [--work DIR] [--cache-dir DIR]
+        [--epochs 3] [--techniques finetune prune cluster qat] [--work DIR] [--cache-dir DIR]
         [--out benchmarks/results/tfmot.json]
 
 Fine-tunes the model with each technique (export/optimize.py) for --epochs passes over the
 train, train_connected and train_nonspeech manifests, then exports:
     baseline   dynamic (export_model), int8 as export_model makes it (frontend quantized too),
                int8 with the frontend kept float (export_int8): post-training quantization
+    finetuned  the control: the same fine-tuning with no technique; dynamic, int8 with float
+               frontend (post-training int8 of the model QAT starts from, fine-tuned alike)
     pruned     dynamic, int8 with float frontend
     clustered  dynamic, int8 with float frontend
     qat        int8 with float frontend, from the QAT network's learned ranges
 and reports, per variant: the Keras model's WER/CER, each .tflite's WER/CER (1 thread), raw and
-gzip -9 size, conversion time, and the fine-tuning time, on the isolated-digit (test.jsonl)
+gzip -9 size, conversion time and fine-tuning time (wall and process CPU seconds: CPU time is
+what a busy machine does not inflate), on the isolated-digit (test.jsonl)
 and connected-digit (test_connected.jsonl) test sets. Prints a Markdown table and writes
 JSON (and the table beside it, .md). Run it under ``nice`` on a shared machine.
 """
@@ -77,13 +80,14 @@ def export_all(model_dir, work: Path, name: str, modes, calibration, test_audio)
     out = {}
     for mode in modes:
         path = work / f"{name}.{mode}.tflite"
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         if mode == "int8_float_frontend":
             export_int8(model_dir, path, calibration)
         else:
             export_model(model_dir, path, mode, calibration if mode == "int8" else None)
-        seconds = time.perf_counter() - start
-        out[mode] = {**size_of(path), "convert_seconds": round(seconds, 1), **tflite_rates(path, test_audio)}
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+        out[mode] = {**size_of(path), "convert_seconds": round(seconds, 1), "convert_cpu_seconds": round(cpu, 1),
+                     **tflite_rates(path, test_audio)}
         print(f"  {name} {mode}: {out[mode]['bytes'] / 1e6:.3f} MB, gzip {out[mode]['gzip_bytes'] / 1e6:.3f} MB, "
               f"WER {100 * out[mode]['isolated']['wer']:.2f}% / {100 * out[mode]['connected']['wer']:.2f}%", flush=True)
     return out
@@ -92,20 +96,22 @@ def export_all(model_dir, work: Path, name: str, modes, calibration, test_audio)
 def markdown(report: dict) -> str:
     lines = [
         "| variant | export | size | gzip | isolated WER | isolated CER | connected WER | connected CER | "
-        "fine-tune | convert |",
+        "fine-tune wall / CPU | convert wall / CPU |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, v in report["variants"].items():
         k = v["keras"]
         lines.append(
             f"| {name} | keras (float) | - | - | {100 * k['isolated']['wer']:.2f}% | {100 * k['isolated']['cer']:.2f}% | "
-            f"{100 * k['connected']['wer']:.2f}% | {100 * k['connected']['cer']:.2f}% | {v['finetune_seconds']:.0f} s | - |"
+            f"{100 * k['connected']['wer']:.2f}% | {100 * k['connected']['cer']:.2f}% | "
+            f"{v['finetune_seconds']:.0f} / {v['finetune_cpu_seconds']:.0f} s | - |"
         )
         for mode, r in v["tflite"].items():
             lines.append(
                 f"| {name} | {mode} | {r['bytes'] / 1e6:.3f} MB | {r['gzip_bytes'] / 1e6:.3f} MB | "
                 f"{100 * r['isolated']['wer']:.2f}% | {100 * r['isolated']['cer']:.2f}% | "
-                f"{100 * r['connected']['wer']:.2f}% | {100 * r['connected']['cer']:.2f}% | - | {r['convert_seconds']:.0f} s |"
+                f"{100 * r['connected']['wer']:.2f}% | {100 * r['connected']['cer']:.2f}% | - | "
+                f"{r['convert_seconds']:.0f} / {r['convert_cpu_seconds']:.0f} s |"
             )
     return "\n".join(lines)
 
@@ -117,7 +123,8 @@ def main() -> int:
     source.add_argument("--data-dir", type=Path, help="FSDD copy holding recordings/ (manifests prepared in --work)")
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "fsdd")
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
-    parser.add_argument("--techniques", nargs="+", default=["prune", "cluster", "qat"], choices=["prune", "cluster", "qat"])
+    parser.add_argument("--techniques", nargs="+", default=["finetune", "prune", "cluster", "qat"],
+                        choices=["finetune", "prune", "cluster", "qat"], help="finetune: the control")
     parser.add_argument("--sparsity", type=float, default=None, help="pruning target (default: optimize.PRUNE_SPARSITY)")
     parser.add_argument("--clusters", type=int, default=None, help="clusters per kernel (default: optimize.CLUSTERS)")
     parser.add_argument("--work", type=Path, default=None, help="keep model dirs and .tflite files here (default: temp)")
@@ -165,11 +172,14 @@ def main() -> int:
     report["variants"]["baseline"] = {
         "model_dir": str(args.model),
         "finetune_seconds": 0.0,
+        "finetune_cpu_seconds": 0.0,
         "keras": keras_rates(args.model, test_examples),
         "tflite": export_all(args.model, work, "baseline", ("dynamic", "int8", "int8_float_frontend"), calibration,
                              test_audio),
     }
     runs = {
+        "finetune": ("finetuned", lambda out: optimize.finetune_only(args.model, train, dev, out, args.epochs,
+                                                                     args.cache_dir), ("dynamic", "int8_float_frontend")),
         "prune": ("pruned", lambda out: optimize.prune(args.model, train, dev, out, sparsity, args.epochs, args.cache_dir),
                   ("dynamic", "int8_float_frontend")),
         "cluster": ("clustered", lambda out: optimize.cluster(args.model, train, dev, out, clusters, args.epochs,
@@ -183,7 +193,8 @@ def main() -> int:
         model_dir = run(work / name)
         opt = read_model_meta(model_dir)["optimization"]
         _, _, _, net = load_model_dir(model_dir)
-        entry = {"model_dir": str(model_dir), "finetune_seconds": opt["seconds"], "optimization": opt}
+        entry = {"model_dir": str(model_dir), "finetune_seconds": opt["seconds"],
+                 "finetune_cpu_seconds": opt["cpu_seconds"], "optimization": opt}
         if technique == "prune":
             entry["sparsity_per_kernel"] = optimize.sparsity_report(net)
         if technique == "cluster":

@@ -16,6 +16,7 @@ with the CTC trainer of asr.training and written as a model directory.
              LSTM keeps gates and cell state in int16, which tfmot cannot model, and a fake
              quantizer on a BiLSTM's output (on the Bidirectional or the Dropout after it)
              makes the converter fail ("Failed to duplicate values for the stateful op").
+             Output ranges start at the float model's activation ranges (qat_start).
 
 Pruned and clustered model directories are ordinary ones (same layer names, weights.h5 of the
 with_lengths=True network), so export/convert.py converts them unchanged; gzip shrinks their
@@ -42,7 +43,7 @@ import numpy as np
 
 import asr  # noqa: F401  (selects tf_keras before TensorFlow and tfmot load)
 
-TECHNIQUES = ("prune", "cluster", "qat")
+TECHNIQUES = ("prune", "cluster", "qat")  # plus "finetune", the control
 DEFAULT_EPOCHS = 3  # fine-tuning passes over the training manifests
 FINETUNE_LEARNING_RATE = 2e-4  # constant Adam rate: 10% of the FSDD recipe's peak (2e-3)
 PRUNE_SPARSITY = 0.5  # share of zeros in every pruned kernel
@@ -50,7 +51,7 @@ PRUNE_RAMP = 0.6  # sparsity reaches its target after this share of the fine-tun
 PRUNE_UPDATES = 8  # mask updates during the ramp (PolynomialDecay frequency = ramp / this)
 CLUSTERS = 16  # distinct values per clustered kernel (4-bit indices)
 QAT_WEIGHTS = "qat_weights.h5"  # QAT network weights (with quantizer ranges) in a model dir
-FRONTEND_SCOPE = "frontend"  # name scope of the frontend ops, kept float by export_int8
+QAT_RANGE_BATCHES = 16  # training batches whose float activations set the initial QAT ranges
 FEATURE_FACTORS = (1.0,)  # fine-tuning uses unperturbed features only (cached once)
 
 
@@ -139,14 +140,16 @@ def _save(out_dir, config, stats, net, meta: dict, optimization: dict) -> Path:
 
 def _run(technique: str, model_dir, train_manifests, dev_manifests, out_dir, epochs, cache_dir, settings: dict,
          wrap, callbacks, unwrap) -> tuple[Path, object]:
-    """Shared flow: load, wrap, fine-tune, unwrap, score on dev, save. ``wrap(net, steps)`` ->
-    wrapped model; ``unwrap(wrapped)`` -> plain network. Returns (out_dir, wrapped model)."""
+    """Shared flow: load, wrap, fine-tune, unwrap, score on dev, save. ``wrap(net, data,
+    total_steps)`` -> wrapped model; ``unwrap(config, wrapped)`` -> plain network. Records wall
+    and process CPU seconds (CPU time is what a busy machine does not inflate). Returns
+    (out_dir, wrapped model)."""
     from asr.checkpoint import load_model_dir
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     config, stats, meta, net = load_model_dir(model_dir)
     data = load_finetune_data(config, stats, train_manifests, dev_manifests, cache_dir)
-    wrapped = wrap(net, data["steps"] * epochs)
+    wrapped = wrap(net, data, data["steps"] * epochs)
     losses = finetune(wrapped, config, data, epochs, callbacks)
     plain = unwrap(config, wrapped)
     optimization = {
@@ -160,8 +163,18 @@ def _run(technique: str, model_dir, train_manifests, dev_manifests, out_dir, epo
         "loss": losses,
         "dev": dev_error_rates(plain, config, data["dev"]),
         "seconds": round(time.perf_counter() - start, 1),
+        "cpu_seconds": round(time.process_time() - cpu_start, 1),
     }
     return _save(out_dir, config, stats, plain, meta, optimization), wrapped
+
+
+def finetune_only(model_dir, train_manifests, dev_manifests, out_dir, epochs: int = DEFAULT_EPOCHS,
+                  cache_dir=None) -> Path:
+    """The control for the techniques below: the same fine-tuning with nothing applied, to
+    tell their effect from the fine-tuning's. Writes a model directory to ``out_dir``."""
+    out, _ = _run("finetune", model_dir, train_manifests, dev_manifests, out_dir, epochs, cache_dir, {},
+                  wrap=lambda net, data, total: net, callbacks=[], unwrap=plain_copy)
+    return out
 
 
 # ----------------------------------------------------------------------------- pruning
@@ -242,7 +255,7 @@ def prune(model_dir, train_manifests, dev_manifests, out_dir, sparsity: float = 
     out, _ = _run(
         "prune", model_dir, train_manifests, dev_manifests, out_dir, epochs, cache_dir,
         {"sparsity": sparsity, "schedule": "PolynomialDecay", "ramp": PRUNE_RAMP},
-        wrap=lambda net, total: prune_wrap(net, prune_schedule(total, sparsity)),
+        wrap=lambda net, data, total: prune_wrap(net, prune_schedule(total, sparsity)),
         callbacks=[tfmot.sparsity.keras.UpdatePruningStep()],
         unwrap=_strip_pruning,
     )
@@ -298,7 +311,7 @@ def cluster(model_dir, train_manifests, dev_manifests, out_dir, clusters: int = 
     out, _ = _run(
         "cluster", model_dir, train_manifests, dev_manifests, out_dir, epochs, cache_dir,
         {"clusters": clusters, "init": "KMEANS_PLUS_PLUS"},
-        wrap=lambda net, total: cluster_wrap(net, clusters),
+        wrap=lambda net, data, total: cluster_wrap(net, clusters),
         callbacks=[],
         unwrap=_strip_clustering,
     )
@@ -407,10 +420,39 @@ def qat_wrap(net):
     return keras.models.clone_model(net, clone_function=wrap)
 
 
+def activation_ranges(net, names, dataset, batches: int = QAT_RANGE_BATCHES) -> dict[str, tuple[float, float]]:
+    """{layer name: (min(x, 0), max(x, 0))} of the float outputs x of ``names`` in ``net`` over
+    ``batches`` batches of ``dataset`` (run before wrapping: a QuantizeWrapper points the
+    wrapped layer's kernel at its fake-quantized tensor)."""
+    import tf_keras as keras
+
+    probe = keras.Model(net.inputs, [net.get_layer(name).output for name in names])
+    low, high = np.zeros(len(names)), np.zeros(len(names))
+    for batch in dataset.take(batches):
+        outputs = probe([batch["features"], batch["feature_lengths"]], training=False)
+        for i, x in enumerate(outputs if len(names) > 1 else [outputs]):
+            low[i], high[i] = min(low[i], float(np.min(x))), max(high[i], float(np.max(x)))
+    return {name: (float(lo), float(hi)) for name, lo, hi in zip(names, low, high)}
+
+
+def qat_start(net, dataset):
+    """``qat_wrap(net)`` with every output quantizer starting at the float activation range
+    (activation_ranges over ``dataset``). tfmot starts them at [-6, 6] and moves them by an
+    EMA with decay 0.999, far too slowly for a few epochs: the logits would stay clipped."""
+    names = [name for name, settings in qat_configs(net).items() if settings.get("output")]
+    ranges = activation_ranges(net, names, dataset)
+    wrapped = qat_wrap(net)
+    for name, (low, high) in ranges.items():
+        variables = wrapped.get_layer(f"quant_{name}")._output_quantizer_vars
+        variables["min_var"].assign(low)
+        variables["max_var"].assign(high)
+    return wrapped
+
+
 def _unwrap_qat(config, wrapped):
     """Plain network with the float weights of the QAT network. A QuantizeWrapper owns the
     variables of the weights it quantizes (the wrapped layer's attributes hold their
-    fake-quantized tensors), so those come from the wrapper, the rest from the layer."""
+    fake-quantized tensors): those come from the wrapper by name, the rest from the layer."""
     from asr.model import build_model
     from tensorflow_model_optimization.python.core.quantization.keras.quantize_wrapper import QuantizeWrapper
 
@@ -419,14 +461,14 @@ def _unwrap_qat(config, wrapped):
 
     net = build_model(config.model, config.features.n_mels, config.vocabulary.size)
     for layer in wrapped.layers:
-        inner = layer.layer if isinstance(layer, QuantizeWrapper) else layer
-        if not inner.weights and not isinstance(layer, QuantizeWrapper):
+        if not isinstance(layer, QuantizeWrapper):
+            if layer.weights:
+                net.get_layer(layer.name).set_weights(layer.get_weights())
             continue
-        source = {short(v): v for v in inner.weights}
-        if isinstance(layer, QuantizeWrapper):
+        target = net.get_layer(layer.layer.name)
+        if target.weights:  # Conv2D [kernel], Dense [kernel, bias]: names are unique
+            source = {short(v): v for v in layer.layer.weights}
             source.update(zip(layer.quantize_config.weights, (v for v, _, _ in layer._weight_vars)))
-        target = net.get_layer(inner.name)
-        if target.weights:
             target.set_weights([source[short(v)].numpy() for v in target.weights])
     return net
 
@@ -439,7 +481,7 @@ def qat(model_dir, train_manifests, dev_manifests, out_dir, epochs: int = DEFAUL
         "qat", model_dir, train_manifests, dev_manifests, out_dir, epochs, cache_dir,
         {"quantized": "conv0 input, conv kernels, ReLU outputs, logits kernel and output",
          "qat_weights": QAT_WEIGHTS},
-        wrap=lambda net, total: qat_wrap(net),
+        wrap=lambda net, data, total: qat_start(net, data["train"]),
         callbacks=[],
         unwrap=_unwrap_qat,
     )
@@ -452,48 +494,13 @@ def qat(model_dir, train_manifests, dev_manifests, out_dir, epochs: int = DEFAUL
 # ----------------------------------------------------------------------------- int8 export
 
 
-def frontend_nodes(tflite: bytes) -> list[str]:
-    """Names of the tensors produced by operators in FRONTEND_SCOPE."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    graph = schema.Model.GetRootAsModel(tflite, 0).Subgraphs(0)
-    names = set()
-    for i in range(graph.OperatorsLength()):
-        op = graph.Operators(i)
-        for j in range(op.OutputsLength()):
-            name = graph.Tensors(op.Outputs(j)).Name().decode()
-            if name.startswith(FRONTEND_SCOPE + "/"):
-                names.add(name)
-    return sorted(names)
-
-
 def convert_int8(config, stats, twin, calibration: list[np.ndarray], float_frontend: bool = True) -> bytes:
-    """Full-integer TFLite flatbuffer (no metadata) of frontend + ``twin`` (a with_lengths=False
-    network, plain or QAT-wrapped): pcm [num_samples] -> log_probs [num_frames, vocab_size].
+    """Full-integer flatbuffer (no metadata) of the frontend + ``twin`` (a with_lengths=False
+    network, plain or QAT-wrapped; ranges learned by QAT take precedence). The frontend stays
+    float unless float_frontend=False (export.convert does the conversion)."""
+    from export.convert import convert
 
-    The network is calibrated on ``calibration`` (16 kHz audio; ranges learned by QAT take
-    precedence where present). float_frontend=True keeps every frontend op in float32 (the
-    quantizer gets them as a denylist); False quantizes them too, like convert.py's int8."""
-    import tensorflow as tf
-    from tensorflow.lite.python import convert as tflite_convert
-
-    from export.frontend import log_mel_graph
-    from export.metadata import INPUT_NAME, OUTPUT_NAME
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name=INPUT_NAME)])
-    def serve(pcm):
-        with tf.name_scope(FRONTEND_SCOPE):
-            feats = log_mel_graph(pcm, config.features, stats)[None]  # [1, frames, n_mels]
-        return {OUTPUT_NAME: tf.nn.log_softmax(twin(feats, training=False)[0])}
-
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], twin)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([a] for a in calibration)
-    converter._experimental_calibrate_only = True  # float model + calibration statistics
-    calibrated = converter.convert()
-    denylist = frontend_nodes(calibrated) if float_frontend else []
-    return tflite_convert.mlir_quantize(calibrated, fully_quantize=False, denylisted_nodes=denylist)
+    return convert(config, stats, None, "int8", calibration, twin=twin, float_frontend=float_frontend)
 
 
 def qat_twin(config, model_dir):
