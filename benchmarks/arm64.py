@@ -10,7 +10,7 @@
 
 For example:
     python benchmarks/arm64.py models/fsdd.tflite ../shared/data/fsdd/recordings/*_lucas_[01].wav \\
-        ../shared/data/clips --out /tmp/arm64.json
+        ../shared/data/clips --out benchmarks/results/arm64.json
 
 Each audio file is loaded on the host with ``asr.audio.load_audio`` (16 kHz float32) and run with
 ``asr.runtime.TFLiteModel(num_threads=1)``; the same waveforms are then run by the same
