@@ -141,6 +141,32 @@ def average_checkpoints(ckpt_dirs: list[Path], net) -> None:
     net.set_weights([np.asarray(t / len(ckpt_dirs), dtype=t.dtype) for t in total])
 
 
+def average_experiment(exp_dir, last: int, out) -> tuple[Path, list[int]]:
+    """Model directory ``out`` holding the mean of the newest ``last`` epoch checkpoints of
+    experiment ``exp_dir`` (asr.training's layout: config.json, checkpoints/epoch-NNNN).
+    Normalization statistics and corpus come from the experiment's best/ model. Returns
+    (out, averaged epoch numbers). Raises ModelDirError when there is nothing to average."""
+    from asr.model import build_model
+
+    exp_dir = Path(exp_dir)
+    if last < 1:
+        raise ModelDirError(f"--last must be at least 1, got {last}")
+    ckpts = checkpoint_dirs(exp_dir / "checkpoints")
+    if not ckpts or not (exp_dir / "config.json").is_file():
+        raise ModelDirError(f"{exp_dir}: no finished epoch checkpoints to average (is it an asr train folder?)")
+    if len(ckpts) < last:
+        print(f"{exp_dir}: only {len(ckpts)} checkpoint(s) kept, averaging those", flush=True)
+    ckpts = ckpts[-last:]
+    config = ExperimentConfig.from_dict(json.loads((exp_dir / "config.json").read_text()))
+    meta = read_model_meta(exp_dir / "best") if (exp_dir / "best").is_dir() else {}
+    stats = GlobalStats.from_dict(meta["normalization_stats"]) if meta.get("normalization_stats") else None
+    net = build_model(config.model, config.features.n_mels, config.vocabulary.size)
+    average_checkpoints(ckpts, net)
+    epochs = [int(d.name.split("-")[1]) for d in ckpts]
+    save_model_dir(out, config, net, stats, corpus=meta.get("corpus", ""), epoch=epochs[-1], averaged_epochs=epochs)
+    return Path(out), epochs
+
+
 def restore_checkpoint(ckpt_dir: Path, net, optimizer) -> dict:
     """Restore network and optimizer state; returns the checkpoint's state.json."""
     import tensorflow as tf

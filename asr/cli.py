@@ -1,9 +1,16 @@
 """The ``asr`` command: thin wrappers over library functions, one subcommand each.
 
     asr download fsdd --dest DIR [--url URL]
+    asr download librispeech --dest DIR --parts PART|SET ... [--base-url URL] [--jobs N]
     asr prepare fsdd --data-dir DIR --out DIR [--heldout-speaker NAME] [--seed N]
-    asr train --train M [M ...] --dev M --exp DIR [--config YAML] [--set section.key=value ...]
+    asr prepare librispeech --data-dir DIR --out DIR --parts PART|SET ... [--jobs N]
+    asr tokens --train M [M ...] --out FILE [--kind chars|bpe] [--vocab-size N]
+    asr features --manifest M --out DIR [--config YAML] [--set ...] [--jobs N]
+    asr train --train M|SHARDS ... --dev M --exp DIR [--config YAML] [--set section.key=value ...]
+              [--tokens FILE] [--distribute auto|none|mirrored|multi-worker] [--mixed-precision]
+    asr average --exp DIR --last N --out DIR
     asr evaluate --model DIR --manifest M --out DIR
+    asr results --eval DIR --out RESULTS.md
     asr transcribe PATH ... [--model DIR|FILE.tflite] [--format text|json]
     asr export MODEL_DIR -o model.tflite [--quantization float32|float16|dynamic|int8] [--verify M ...]
     asr info MODEL_DIR|FILE.tflite
@@ -13,31 +20,84 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 
+CORPORA = ("fsdd", "librispeech")
+
+
 def _add_download(sub):
-    p = sub.add_parser("download", help="download and unpack a corpus")
-    p.add_argument("corpus", choices=["fsdd"])
+    p = sub.add_parser("download", help="download, verify and unpack a corpus (resumes after a failure)")
+    p.add_argument("corpus", choices=CORPORA)
     p.add_argument("--dest", required=True, type=Path, help="folder to unpack into")
-    p.add_argument("--url", default=None, help="archive URL (a mirror); default: the corpus's release")
+    p.add_argument("--url", default=None, help="FSDD: archive URL (a mirror); default: the corpus's release")
+    p.add_argument("--parts", nargs="+", default=None, metavar="PART",
+                   help="LibriSpeech: parts (dev-clean, train-clean-100, ...) or sets (mini, eval, 960)")
+    p.add_argument("--base-url", default=None, help="LibriSpeech: mirror of openslr.org/resources")
+    p.add_argument("--md5-file", type=Path, default=None,
+                   help="LibriSpeech: local md5 list (default: md5sum.txt from the mirror)")
+    p.add_argument("--jobs", type=int, default=4, help="LibriSpeech: parts downloaded in parallel")
+    p.add_argument("--delete-archives", action="store_true",
+                   help="LibriSpeech: delete each .tar.gz once extracted (saves 60 GB for the 960 h set)")
     p.set_defaults(func=cmd_download)
 
 
 def _add_prepare(sub):
     p = sub.add_parser("prepare", help="write JSONL manifests for a corpus")
-    p.add_argument("corpus", choices=["fsdd"])
+    p.add_argument("corpus", choices=CORPORA)
     p.add_argument("--data-dir", required=True, type=Path, help="an unpacked copy of the corpus")
-    p.add_argument("--out", required=True, type=Path, help="folder for manifests and generated audio")
-    p.add_argument("--heldout-speaker", default=None, help="speaker held out of training (FSDD)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, type=Path, help="folder for manifests (and generated audio)")
+    p.add_argument("--heldout-speaker", default=None, help="FSDD: speaker held out of training")
+    p.add_argument("--seed", type=int, default=0, help="FSDD: seed of the split and the connected digits")
+    p.add_argument("--parts", nargs="+", default=None, metavar="PART", help="LibriSpeech: parts or sets")
+    p.add_argument("--jobs", type=int, default=None, help="LibriSpeech: parallel readers (default: min(cores, 8))")
     p.set_defaults(func=cmd_prepare)
+
+
+def _add_tokens(sub):
+    p = sub.add_parser("tokens", help="build the output vocabulary (characters or SentencePiece BPE)")
+    p.add_argument("--train", nargs="+", required=True, type=Path, help="training manifest(s): the BPE's text")
+    p.add_argument("--out", required=True, type=Path, help="tokens file (JSON) for asr train --tokens")
+    p.add_argument("--kind", choices=["chars", "bpe"], default="chars")
+    p.add_argument("--vocab-size", type=int, default=500,
+                   help="BPE: model outputs, the CTC blank included (it takes the place of <unk>)")
+    p.set_defaults(func=cmd_tokens)
+
+
+def _add_features(sub):
+    p = sub.add_parser("features", help="compute log-mels into sharded TFRecord files (resumable)")
+    p.add_argument("--manifest", nargs="+", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="shard folder (pass it to asr train --train)")
+    p.add_argument("--config", type=Path, default=None, help="YAML whose features section is used")
+    p.add_argument("--set", nargs="*", default=[], metavar="SECTION.KEY=VALUE")
+    p.add_argument("--shard-size", type=int, default=None, help="utterances per shard")
+    p.add_argument("--jobs", type=int, default=None, help="parallel processes (default: all cores)")
+    p.set_defaults(func=cmd_features)
+
+
+def _add_average(sub):
+    p = sub.add_parser("average", help="average the last N epoch checkpoints of an experiment into a model")
+    p.add_argument("--exp", required=True, type=Path, help="experiment folder of asr train")
+    p.add_argument("--last", type=int, default=5, help="number of newest epoch checkpoints")
+    p.add_argument("--out", required=True, type=Path, help="model directory to write")
+    p.set_defaults(func=cmd_average)
+
+
+def _add_results(sub):
+    p = sub.add_parser("results", help="WER/CER table (Markdown) from asr evaluate folders")
+    p.add_argument("--eval", required=True, type=Path, help="folder of <test set>/summary.json")
+    p.add_argument("--out", required=True, type=Path, help="the Markdown file to write")
+    p.add_argument("--sets", nargs="+", default=None, help="rows, in order; a set without results says so")
+    p.add_argument("--title", default="Results")
+    p.add_argument("--note", action="append", default=[], help="a line under the table (repeatable)")
+    p.set_defaults(func=cmd_results)
 
 
 def _add_train(sub):
     p = sub.add_parser("train", help="train (or resume) a model")
-    p.add_argument("--train", nargs="+", required=True, type=Path, help="training manifest(s)")
+    p.add_argument("--train", nargs="+", required=True, type=Path, help="training manifest(s) or shard folder(s)")
     p.add_argument("--dev", nargs="*", type=Path, default=[], help="dev manifest(s): best model, early stop, WER")
     p.add_argument("--exp", required=True, type=Path, help="experiment folder (resumes if it exists)")
     p.add_argument("--config", type=Path, default=None, help="YAML overriding the defaults")
@@ -46,6 +106,10 @@ def _add_train(sub):
     p.add_argument("--threads", type=int, default=None, help="CPU threads for TensorFlow (default: all)")
     p.add_argument("--max-epochs", type=int, default=None, help="stop this run after N epochs in total")
     p.add_argument("--feature-cache", type=Path, default=None, help="log-mel cache folder (default: EXP/../feature-cache)")
+    p.add_argument("--tokens", type=Path, default=None, help="tokens file from asr tokens (default: characters)")
+    p.add_argument("--distribute", choices=["auto", "none", "mirrored", "multi-worker"], default="auto",
+                   help="auto: multi-worker when TF_CONFIG is set, mirrored over several GPUs, else none")
+    p.add_argument("--mixed-precision", action="store_true", help="float16 compute, float32 weights (GPUs)")
     p.set_defaults(func=cmd_train)
 
 
@@ -103,19 +167,44 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"asr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_download, _add_prepare, _add_train, _add_evaluate, _add_transcribe, _add_export, _add_info, _add_publish):
+    commands = (_add_download, _add_prepare, _add_tokens, _add_features, _add_train, _add_average, _add_evaluate,
+                _add_results, _add_transcribe, _add_export, _add_info, _add_publish)
+    for add in commands:
         add(sub)
     return parser
 
 
-def cmd_download(args) -> int:
-    from asr.corpora import fsdd
+def _only_for(args, corpus: str, names: list[str]) -> None:
+    """Refuse options that belong to another corpus."""
+    given = [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) is not None]
+    if args.corpus != corpus and given:
+        raise ValueError(f"{', '.join(given)} only apply to {corpus}, not {args.corpus}")
 
-    fsdd.download(args.dest, url=args.url)
+
+def cmd_download(args) -> int:
+    _only_for(args, "librispeech", ["parts", "base_url", "md5_file"])
+    _only_for(args, "fsdd", ["url"])
+    if args.corpus == "fsdd":
+        from asr.corpora import fsdd
+
+        fsdd.download(args.dest, url=args.url)
+        return 0
+    from asr.corpora import librispeech
+
+    kw = {"base_url": args.base_url} if args.base_url else {}
+    librispeech.download(args.dest, args.parts or ["mini"], jobs=args.jobs, md5_file=args.md5_file,
+                         keep_archives=not args.delete_archives, **kw)
     return 0
 
 
 def cmd_prepare(args) -> int:
+    _only_for(args, "librispeech", ["parts", "jobs"])
+    _only_for(args, "fsdd", ["heldout_speaker"])
+    if args.corpus == "librispeech":
+        from asr.corpora import librispeech
+
+        librispeech.prepare(args.data_dir, args.out, args.parts or ["mini"], jobs=args.jobs)
+        return 0
     from asr.corpora import fsdd
 
     summary = fsdd.prepare(args.data_dir, args.out, heldout_speaker=args.heldout_speaker or fsdd.HELDOUT_DEFAULT, seed=args.seed)
@@ -125,16 +214,64 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def cmd_tokens(args) -> int:
+    from asr.tokens import build_tokens
+
+    build_tokens(args.train, args.out, kind=args.kind, vocab_size=args.vocab_size)
+    return 0
+
+
+def cmd_features(args) -> int:
+    from asr.config import load_config
+    from asr.shards import write_shards
+
+    config = load_config(args.config, args.set)
+    kw = {"utterances_per_shard": args.shard_size} if args.shard_size else {}
+    write_shards(args.manifest, config.features, args.out, workers=args.jobs,
+                 max_duration=config.training.max_duration, **kw)
+    return 0
+
+
 def cmd_train(args) -> int:
+    import dataclasses
+
     from asr.config import load_config
     from asr.training import configure_threads, train
 
     config = load_config(args.config, args.set)
+    if args.tokens:
+        from asr.tokens import load_tokens
+
+        config = dataclasses.replace(config, vocabulary=load_tokens(args.tokens))
     configure_threads(args.threads)
     best = train(
-        config, args.train, args.dev, args.exp, corpus=args.corpus, max_epochs=args.max_epochs, cache_dir=args.feature_cache
+        config, args.train, args.dev, args.exp, corpus=args.corpus, max_epochs=args.max_epochs,
+        cache_dir=args.feature_cache, distribute=args.distribute, mixed_precision=args.mixed_precision,
     )
-    print(f"model: {best}")
+    print(f"model: {best}", flush=True)
+    if args.distribute in ("auto", "multi-worker") and os.environ.get("TF_CONFIG"):
+        # Multi-worker processes linger for seconds (up to 30 s under load) in TensorFlow's
+        # collective teardown after training; everything is written, so leave at once.
+        sys.stderr.flush()
+        os._exit(0)
+    return 0
+
+
+def cmd_average(args) -> int:
+    from asr.checkpoint import average_experiment
+
+    out, epochs = average_experiment(args.exp, args.last, args.out)
+    print(f"{out}: average of epochs {', '.join(map(str, epochs))}")
+    return 0
+
+
+def cmd_results(args) -> int:
+    from asr.report import eval_table
+
+    text = eval_table(args.eval, args.sets, args.title, args.note)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text, encoding="utf-8")
+    print(text)
     return 0
 
 
@@ -231,7 +368,7 @@ def cmd_publish(args) -> int:
 
 def _needs_tensorflow(args) -> bool:
     """Only the Keras paths import TensorFlow; a .tflite model never does."""
-    if args.command in ("train", "export"):
+    if args.command in ("train", "export", "average", "features"):
         return True
     if args.command in ("evaluate", "transcribe"):
         from asr.transcription import default_model
@@ -244,8 +381,6 @@ def _needs_tensorflow(args) -> bool:
 def _import_tensorflow_quietly() -> None:
     """Import TensorFlow with file descriptor 2 pointed at /dev/null: its C++ start-up lines
     (oneDNN, CUDA probing) would otherwise bury the command's own messages on stderr."""
-    import os
-
     sys.stderr.flush()
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)

@@ -18,6 +18,10 @@ from asr.features import FeatureSpec
 from asr.model import ModelConfig
 from asr.text import Vocabulary
 
+PIPELINES = ("memory", "stream")  # TrainConfig.pipeline; shard folders as training data always stream
+DIFF_MAX = 80  # config_diff prints values whose repr is longer than this shortened ...
+DIFF_SHOWN = 40  # ... to their first this many characters and their length
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -40,11 +44,18 @@ class TrainConfig:
     max_duration: float = 30.0  # seconds; longer training utterances are skipped and counted
     dev_wer_every: int = 1  # epochs
     average_last: int = 1  # average the weights of this many last epochs (1: no averaging)
+    sortagrad: bool = False  # first epoch in order of length (shortest first), then shuffled buckets
+    grad_accum_steps: int = 1  # micro-batches whose gradients are summed per optimizer step
+    pipeline: str = "memory"  # memory: log-mels cached and held in RAM; stream: computed on the fly
 
     def __post_init__(self):
         object.__setattr__(self, "speed_factors", tuple(float(f) for f in self.speed_factors))
         if not self.speed_factors or min(self.speed_factors) <= 0:
             raise ValueError(f"speed_factors must be one or more positive numbers, got {self.speed_factors}")
+        if self.grad_accum_steps < 1:
+            raise ValueError(f"grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
+        if self.pipeline not in PIPELINES:
+            raise ValueError(f"pipeline must be one of {', '.join(PIPELINES)}, got {self.pipeline!r}")
 
 
 @dataclass(frozen=True)
@@ -59,7 +70,8 @@ class ExperimentConfig:
             "features": asdict(self.features),
             "model": asdict(self.model),
             "training": _jsonable(asdict(self.training)),
-            "vocabulary": {"chars": self.vocabulary.chars, "blank": self.vocabulary.blank},
+            # chars: {chars, blank} (as before BPE existed); bpe: {blank, pieces, sp_model}
+            "vocabulary": self.vocabulary.to_dict(derived=False),
         }
 
     @classmethod
@@ -68,7 +80,7 @@ class ExperimentConfig:
             features=_build(FeatureSpec, d.get("features", {}), "features"),
             model=_build(ModelConfig, d.get("model", {}), "model"),
             training=_build(TrainConfig, d.get("training", {}), "training"),
-            vocabulary=_build(Vocabulary, d.get("vocabulary", {}), "vocabulary"),
+            vocabulary=_build_vocabulary(d.get("vocabulary", {})),
         )
 
 
@@ -96,6 +108,18 @@ def _build(cls, values: dict | None, section: str):
         return cls(**values)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"bad value in {section!r}: {err}") from None
+
+
+def _build_vocabulary(values: dict | None) -> Vocabulary:
+    """The vocabulary section: Vocabulary.from_dict checks its keys and values (its pieces are
+    a list of strings, which _check_type does not handle)."""
+    values = {} if values is None else values
+    if not isinstance(values, dict):
+        raise ConfigError("config section 'vocabulary' must be a mapping")
+    try:
+        return Vocabulary.from_dict(values)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"bad value in 'vocabulary': {err}") from None
 
 
 def _check_type(cls, key: str, value, section: str):
@@ -174,5 +198,12 @@ def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
         if isinstance(va, dict) and isinstance(vb, dict):
             out += config_diff(va, vb, name + ".")
         elif va != vb:
-            out.append(f"{name}: {va!r} -> {vb!r}")
+            out.append(f"{name}: {_shorten(va)} -> {_shorten(vb)}")
     return out
+
+
+def _shorten(value) -> str:
+    """repr(value), cut to its first DIFF_SHOWN characters plus its length when longer than
+    DIFF_MAX (a BPE model's base64 or piece list would fill the screen)."""
+    text = repr(value)
+    return text if len(text) <= DIFF_MAX else f"{text[:DIFF_SHOWN]}... ({len(text)} chars)"

@@ -23,10 +23,13 @@ is checked before extracting, and tar members additionally go through tarfile's 
 filter as defence in depth.
 
 ``fetch_and_extract`` chains both and leaves a done-marker in ``target``, so a rerun of a
-recipe skips corpora that are already in place.
+recipe skips corpora that are already in place. Several may run in parallel threads: each
+download can draw its progress bar on its own line (``position``), and extractions into a
+shared folder can be serialized with one ``extract_lock``.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import logging
@@ -39,7 +42,7 @@ import tarfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ContextManager
 from urllib.error import HTTPError, URLError
 from urllib.request import Request, urlopen
 
@@ -101,12 +104,13 @@ def md5sum(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def download(url: str, dest: str | os.PathLike, md5: str | None = None, retries: int = 5,
              backoff: float = 1.0, timeout: float = 60, progress: bool = True, *,
-             sleep: Callable[[float], None] | None = None) -> Path:
+             sleep: Callable[[float], None] | None = None, position: int | None = None) -> Path:
     """Download ``url`` to ``dest`` (resuming ``dest.part``) and return ``dest`` as a Path.
 
     ``retries`` is the number of extra attempts after the first, each preceded by a pause of
     ``backoff * 2**attempt`` seconds (``sleep`` defaults to ``time.sleep``; tests pass a no-op).
-    ``timeout`` is the socket timeout per request; ``progress`` shows a tqdm bar per file.
+    ``timeout`` is the socket timeout per request; ``progress`` shows a tqdm bar per file, on
+    screen line ``position`` (tqdm's argument) when several downloads run side by side.
     Raises DownloadError on an HTTP 4xx, when the attempts run out, or when the md5 still
     mismatches after one fresh re-download; no ``dest`` is left behind in those cases.
     """
@@ -120,7 +124,7 @@ def download(url: str, dest: str | os.PathLike, md5: str | None = None, retries:
         dest.unlink()  # present but with the wrong md5
     part = dest.with_name(dest.name + PART_SUFFIX)
     opts = dict(retries=retries, backoff=backoff, timeout=timeout, progress=progress,
-                sleep=sleep or time.sleep, md5=md5)
+                sleep=sleep or time.sleep, md5=md5, position=position)
     got = None
     for fresh in (False, True):
         _fetch_with_retries(url, part, dest.name, **opts)
@@ -137,11 +141,12 @@ def download(url: str, dest: str | os.PathLike, md5: str | None = None, retries:
 
 def _fetch_with_retries(url: str, part: Path, name: str, *, retries: int, backoff: float,
                         timeout: float, progress: bool, sleep: Callable[[float], None],
-                        md5: str | None) -> None:
+                        md5: str | None, position: int | None = None) -> None:
     """Complete ``part`` from ``url``, retrying transient failures with exponential backoff."""
     for attempt in range(retries + 1):
         try:
-            _fetch_once(url, part, name, timeout=timeout, progress=progress, md5=md5)
+            _fetch_once(url, part, name, timeout=timeout, progress=progress, md5=md5,
+                        position=position)
             return
         except _Retry as err:
             if attempt == retries:
@@ -178,7 +183,7 @@ def _open(url: str, offset: int, timeout: float):
 
 
 def _fetch_once(url: str, part: Path, name: str, *, timeout: float, progress: bool,
-                md5: str | None) -> None:
+                md5: str | None, position: int | None = None) -> None:
     """One attempt: resume or restart ``part``; returns when its body is complete."""
     have = part.stat().st_size if part.exists() else 0
     resp = _open(url, have, timeout)
@@ -187,7 +192,8 @@ def _fetch_once(url: str, part: Path, name: str, *, timeout: float, progress: bo
             return
         log.warning("%s: server refused resuming at byte %d; restarting", url, have)
         part.unlink()
-        _fetch_once(url, part, name, timeout=timeout, progress=progress, md5=md5)
+        _fetch_once(url, part, name, timeout=timeout, progress=progress, md5=md5,
+                    position=position)
         return
     with resp:
         if resp.status == 206:
@@ -199,7 +205,7 @@ def _fetch_once(url: str, part: Path, name: str, *, timeout: float, progress: bo
             have = 0  # 200: the server ignored Range, start over
         length = resp.headers.get("Content-Length")
         expected = int(length) if length and length.isdigit() else None
-        got = _stream(resp, part, have, expected, name, progress)
+        got = _stream(resp, part, have, expected, name, progress, position)
     if expected is not None and got < expected:
         raise _Retry(f"truncated body: {got} of {expected} bytes")
 
@@ -214,13 +220,14 @@ def _partial_is_whole(err: HTTPError, part: Path, have: int, md5: str | None) ->
 
 
 def _stream(resp, part: Path, have: int, expected: int | None, name: str,
-            progress: bool) -> int:
+            progress: bool, position: int | None = None) -> int:
     """Append (``have`` > 0) or write the body of ``resp`` to ``part``; return bytes received."""
     got = 0
     total = have + expected if expected is not None else None
     with open(part, "ab" if have else "wb") as f, \
             tqdm(total=total, initial=have, desc=name, unit="B", unit_scale=True,
-                 unit_divisor=1024, disable=not progress, leave=False) as bar:
+                 unit_divisor=1024, disable=not progress, leave=False,
+                 position=position) as bar:
         while True:
             try:
                 block = resp.read(STREAM_CHUNK)
@@ -396,12 +403,14 @@ def _check_space(archive: Path, target: Path, total: int) -> None:
 
 def fetch_and_extract(url: str, archive_path: str | os.PathLike, target: str | os.PathLike,
                       md5: str | None = None, marker: str | os.PathLike | None = None,
-                      **kw) -> Path:
+                      extract_lock: ContextManager | None = None, **kw) -> Path:
     """Download ``url`` to ``archive_path``, extract it into ``target``, write a done-marker.
 
     The marker defaults to ``target/.done-<archive name>``; when it already exists nothing is
-    downloaded or extracted. ``check_space`` goes to safe_extract, other keywords (retries,
-    backoff, timeout, progress, sleep) to download. Returns the marker path.
+    downloaded or extracted. ``extract_lock`` (e.g. a threading.Lock shared by parallel calls
+    into one ``target``) is held while extracting and writing the marker, not while
+    downloading. ``check_space`` goes to safe_extract, other keywords (retries, backoff,
+    timeout, progress, sleep, position) to download. Returns the marker path.
     """
     archive_path, target = Path(archive_path), Path(target)
     marker = Path(marker) if marker else target / f"{MARKER_PREFIX}{archive_path.name}"
@@ -410,10 +419,12 @@ def fetch_and_extract(url: str, archive_path: str | os.PathLike, target: str | o
         return marker
     check_space = kw.pop("check_space", True)
     download(url, archive_path, md5=md5, **kw)
-    names = safe_extract(archive_path, target, check_space=check_space)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    tmp = marker.with_name(marker.name + ".tmp")
-    tmp.write_text(f"url: {url}\nmd5: {md5 or '-'}\nmembers: {len(names)}\n", encoding="utf-8")
-    os.replace(tmp, marker)
+    with extract_lock or contextlib.nullcontext():
+        names = safe_extract(archive_path, target, check_space=check_space)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        tmp = marker.with_name(marker.name + ".tmp")
+        tmp.write_text(f"url: {url}\nmd5: {md5 or '-'}\nmembers: {len(names)}\n",
+                       encoding="utf-8")
+        os.replace(tmp, marker)
     log.info("%s: extracted %d member(s) into %s", url, len(names), target)
     return marker

@@ -1,7 +1,8 @@
 """JSONL manifests: the contract between data preparation and training.
 
-One JSON object per line: {"id", "audio", "duration", "text", "speaker"}. ``audio`` is a
-path, absolute or relative to the manifest's folder; ``duration`` is in seconds.
+One JSON object per line: {"id", "audio", "duration", "text", "speaker"}, plus "gender" where
+the corpus gives one (written only when non-empty, so other manifests are unchanged). ``audio``
+is a path, absolute or relative to the manifest's folder; ``duration`` is in seconds.
 """
 from __future__ import annotations
 
@@ -24,9 +25,12 @@ class Utterance:
     duration: float
     text: str
     speaker: str = ""
+    gender: str = ""  # e.g. "F" / "M" from the corpus's speaker list; "" when unknown
 
     def to_json(self, relative_to: Path | None = None) -> str:
         d = asdict(self)
+        if not d["gender"]:
+            del d["gender"]  # optional key: written only when known
         if relative_to is not None:
             d["audio"] = os.path.relpath(self.audio, relative_to)
         return json.dumps(d, ensure_ascii=False)
@@ -80,7 +84,8 @@ def _utterance(d: dict, base: Path) -> Utterance:
         raise ValueError(f"duration must be >= 0, got {d['duration']!r}")
     audio = Path(d["audio"])
     audio = audio if audio.is_absolute() else Path(os.path.normpath(base / audio))  # no "a/../b"
-    return Utterance(d["id"], str(audio), duration, d["text"], str(d.get("speaker") or ""))
+    return Utterance(d["id"], str(audio), duration, d["text"], str(d.get("speaker") or ""),
+                     str(d.get("gender") or ""))
 
 
 def write_manifest(path: str | os.PathLike, utterances, relative: bool = True) -> None:

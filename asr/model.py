@@ -87,7 +87,9 @@ def build_model(config: ModelConfig, n_mels: int, vocab_size: int, with_lengths:
         x = keras.layers.Conv2D(
             config.conv_channels, config.conv_kernel, strides=2, padding="valid", use_bias=False, name=f"conv{i}"
         )(x)
-        x = keras.layers.BatchNormalization(name=f"conv{i}_bn")(x)
+        # synchronized: under tf.distribute the batch statistics are those of the global batch,
+        # so N replicas train exactly like one process with the same global batch.
+        x = keras.layers.BatchNormalization(synchronized=True, name=f"conv{i}_bn")(x)
         x = keras.layers.ReLU(name=f"conv{i}_relu")(x)
     freq = n_mels
     for _ in range(CONV_LAYERS):
@@ -103,7 +105,8 @@ def build_model(config: ModelConfig, n_mels: int, vocab_size: int, with_lengths:
         lstm = keras.layers.LSTM(config.lstm_units, return_sequences=True, name=f"lstm{i}")
         x = keras.layers.Bidirectional(lstm, name=f"bilstm{i}")(x, mask=mask)
     x = keras.layers.Dropout(config.dropout, name=f"dropout{config.lstm_layers}")(x)
-    logits = keras.layers.Dense(vocab_size, name="logits")(x)
+    # float32 logits even under a mixed_float16 policy (CTC and softmax need the range)
+    logits = keras.layers.Dense(vocab_size, dtype="float32", name="logits")(x)
     return keras.Model(inputs=inputs, outputs=logits, name="cnn_bilstm_ctc")
 
 

@@ -49,6 +49,26 @@ def results_table(exp_dir) -> str:
     return "\n".join(lines)
 
 
+def eval_table(eval_dir, sets=None, title: str = "Results", notes=()) -> str:
+    """Markdown: a title, one row per test set (WER, CER, words, utterances) read from
+    ``eval_dir/<set>/summary.json``, then ``notes`` and the machine. ``sets`` fixes the rows
+    and their order (default: every folder with a summary); a set with no summary gets a row
+    saying it was not measured."""
+    eval_dir = Path(eval_dir)
+    if sets is None:
+        sets = sorted(p.parent.name for p in eval_dir.glob("*/summary.json"))
+    rows = [f"# {title}", "", "| test set | WER | CER | words | utterances |", "|---|---|---|---|---|"]
+    for name in sets:
+        path = eval_dir / name / "summary.json"
+        if not path.is_file():
+            rows.append(f"| {name} | not measured | not measured | | |")
+            continue
+        s = json.loads(path.read_text())
+        rows.append(f"| {name} | {100 * s['wer']:.2f}% | {100 * s['cer']:.2f}% | {s['words']} | {s['utterances']} |")
+    rows += [""] + [f"{n}" for n in notes] + ([""] if notes else []) + [f"Machine: {machine()}.", ""]
+    return "\n".join(rows)
+
+
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         sys.exit("usage: python -m asr.report EXP_DIR")

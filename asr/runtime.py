@@ -1,14 +1,19 @@
 """On-device runtime: run a .tflite made by ``asr export`` with ai-edge-litert and numpy.
 
-Only numpy, ai-edge-litert and asr.decoding are imported here: no TensorFlow, no audio
-libraries. This is the whole inference stack an app needs (audio I/O aside), and it is what
-``asr transcribe --model x.tflite`` runs.
+Only numpy, ai-edge-litert, asr.decoding and asr.text (standard library only) are imported
+here: no TensorFlow, no audio libraries. This is the whole inference stack an app needs (audio
+I/O aside), and it is what ``asr transcribe --model x.tflite`` runs.
 
     pcm        float32 [num_samples], 16 kHz, [-1, 1]
     log_probs  float32 [num_frames, vocab_size], num_frames = ceil((1 + num_samples // 160) / 4)
 
 The fused LSTM kernels keep their state in variable tensors across invoke() calls, so
 ``reset_all_variables()`` runs before every utterance.
+
+Text follows the metadata's "decoding" entry: greedy CTC ids, their ``vocabulary`` symbols
+joined by ``asr.text.join_symbols``; for ``tokenizer`` "bpe" its ``word_boundary`` becomes a
+space and spaces are collapsed and trimmed. Metadata without ``tokenizer`` (files exported
+before BPE existed) is "chars": the symbols are concatenated as they are.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from asr.decoding import greedy_ids
+from asr.text import TOKENIZERS, WORD_BOUNDARY, join_symbols
 
 METADATA_NAME = "asr_metadata"  # the Model.metadata entry written by export/metadata.py
 TFLITE_IDENTIFIER = b"TFL3"  # flatbuffer file identifier, bytes 4..8
@@ -50,6 +56,24 @@ def read_metadata(path) -> dict:
     raise ModelFileError(f"{path}: no '{METADATA_NAME}' metadata: this .tflite was not exported by 'asr export'")
 
 
+def decoding_rule(metadata: dict, path="model") -> tuple[int, list[str], str | None]:
+    """(blank index, vocabulary symbols, word boundary or None) from the metadata's "decoding"
+    entry; ModelFileError for a tokenizer this version does not know."""
+    decoding = metadata["decoding"]
+    tokenizer = decoding.get("tokenizer", "chars")  # absent: exported before BPE, characters
+    if tokenizer not in TOKENIZERS:
+        raise ModelFileError(f"{path}: unknown tokenizer {tokenizer!r} in the metadata (this asr knows "
+                             f"{', '.join(TOKENIZERS)}); a newer asr exported it")
+    word_boundary = decoding.get("word_boundary", WORD_BOUNDARY) if tokenizer == "bpe" else None
+    return int(decoding["blank_index"]), list(decoding["vocabulary"]), word_boundary
+
+
+def decode_text(log_probs: np.ndarray, symbols: list[str], blank: int, word_boundary: str | None = None) -> str:
+    """Greedy CTC text of log-probabilities [num_frames, len(symbols)]: best path ids, then
+    their symbols joined by ``join_symbols``."""
+    return join_symbols((symbols[i] for i in greedy_ids(log_probs, blank)), word_boundary)
+
+
 class TFLiteModel:
     """One interpreter, resized per utterance: ``log_probs(pcm)`` for any length."""
 
@@ -58,6 +82,7 @@ class TFLiteModel:
 
         self.path = Path(path)
         self.metadata = read_metadata(self.path)
+        self.blank, self.symbols, self.word_boundary = decoding_rule(self.metadata, self.path)
         try:
             self.interpreter = Interpreter(model_path=str(self.path), num_threads=num_threads or os.cpu_count())
         except (ValueError, RuntimeError) as err:
@@ -66,8 +91,6 @@ class TFLiteModel:
         self._output = self.interpreter.get_output_details()[0]["index"]
         self._length = None
         self.sample_rate = int(self.metadata["input"]["sample_rate"])
-        self.blank = int(self.metadata["decoding"]["blank_index"])
-        self.symbols = list(self.metadata["decoding"]["vocabulary"])
 
     def log_probs(self, pcm: np.ndarray) -> np.ndarray:
         """float32 [num_samples] -> log-probabilities [num_frames, vocab_size] (a copy)."""
@@ -84,8 +107,8 @@ class TFLiteModel:
         return self.interpreter.get_tensor(self._output).copy()
 
     def decode(self, log_probs: np.ndarray) -> str:
-        """Greedy CTC text of one utterance's log-probabilities."""
-        return "".join(self.symbols[i] for i in greedy_ids(log_probs, self.blank))
+        """Greedy CTC text of one utterance's log-probabilities [num_frames, vocab_size]."""
+        return decode_text(log_probs, self.symbols, self.blank, self.word_boundary)
 
     def transcribe(self, pcm: np.ndarray) -> str:
         return self.decode(self.log_probs(pcm))

@@ -11,6 +11,13 @@ Experiment folder layout:
     model/           the result: best/, or averaged/ when its dev loss is lower
     tensorboard/     TensorBoard logs
     train.log        one line per epoch
+    worker-N/        the same layout, written by worker N > 0 of a multi-worker run
+
+Scaling out uses TensorFlow's own ``tf.distribute``: ``MultiWorkerMirroredStrategy`` when
+``TF_CONFIG`` names a cluster, ``MirroredStrategy`` over the local GPUs when there are several,
+else the default strategy. ``training.batch_frames`` and ``max_batch_size`` are per replica
+and per micro-batch: the global batch is ``replicas * grad_accum_steps`` times larger, and the
+loss is the mean over the utterances of the global batch however they are split.
 """
 from __future__ import annotations
 
@@ -35,10 +42,10 @@ from asr.checkpoint import (
     write_json,
 )
 from asr.config import ConfigError, ExperimentConfig, config_diff
-from asr.dataset import bucket_plan, estimate_steps, global_stats_of, load_examples, make_dataset
 
 log = logging.getLogger(__name__)
 KEEP_CHECKPOINTS = 5  # newest epoch checkpoints kept (averaging can use them all)
+DISTRIBUTE = ("auto", "none", "mirrored", "multi-worker")  # choices of train(distribute=...)
 
 
 class TrainingDiverged(RuntimeError):
@@ -76,11 +83,17 @@ def _trainer_class():
     from asr.model import output_length
 
     class CTCTrainer(keras.Model):
-        """Wraps the network: fit() computes CTC with each utterance's true lengths."""
+        """Wraps the network: fit() computes CTC with each utterance's true lengths.
 
-        def __init__(self, net, blank):
+        One train step takes a per-replica batch, splits it into ``accum_steps`` interleaved
+        micro-batches (rows k, k + accum_steps, ...), sums their gradients and applies them
+        once. The loss of a step is sum(per-utterance CTC) / (utterances in the GLOBAL batch,
+        all-reduced over replicas), so replicas and micro-batches never change the gradient.
+        """
+
+        def __init__(self, net, blank, accum_steps: int = 1):
             super().__init__()
-            self.net, self.blank = net, blank
+            self.net, self.blank, self.accum_steps = net, blank, accum_steps
             self.loss_tracker = keras.metrics.Mean(name="loss")
 
         def call(self, inputs, training=False):
@@ -92,13 +105,43 @@ def _trainer_class():
                 batch["labels"], batch["label_lengths"], logits, output_length(batch["feature_lengths"]), self.blank
             )
 
+        def _micro_batch(self, batch, k):
+            """Rows k, k + accum, ... of ``batch``, trimmed to their longest utterance and label;
+            returns (micro-batch, weights [rows]) where weights are 0 for the filler rows a
+            batch smaller than ``accum_steps`` needs."""
+            size = tf.shape(batch["feature_lengths"])[0]
+            rows = tf.range(k, tf.maximum(size, self.accum_steps), self.accum_steps)
+            weights = tf.cast(rows < size, tf.float32)
+            rows = tf.minimum(rows, size - 1)
+            micro = {key: tf.gather(value, rows) for key, value in batch.items()}
+            frames = tf.reduce_max(micro["feature_lengths"])
+            labels = tf.maximum(tf.reduce_max(micro["label_lengths"]), 1)
+            micro["features"] = micro["features"][:, :frames]
+            micro["labels"] = micro["labels"][:, :labels]
+            return micro, weights
+
         def train_step(self, batch):
-            with tf.GradientTape() as tape:
-                per = self.per_utterance_loss(batch, True)
-                loss = tf.nn.compute_average_loss(per)  # divides by the global batch under tf.distribute
-            grads = tape.gradient(loss, self.net.trainable_variables)
-            self.optimizer.apply_gradients(zip(grads, self.net.trainable_variables))
-            self.loss_tracker.update_state(per)
+            variables = self.net.trainable_variables
+            count = tf.cast(tf.shape(batch["feature_lengths"])[0], tf.float32)
+            context = tf.distribute.get_replica_context()
+            if context is not None and context.num_replicas_in_sync > 1:
+                count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
+            scaled = isinstance(self.optimizer, keras.mixed_precision.LossScaleOptimizer)
+            total = None
+            for k in range(self.accum_steps):
+                micro, weights = self._micro_batch(batch, k) if self.accum_steps > 1 else (batch, None)
+                with tf.GradientTape() as tape:
+                    per = self.per_utterance_loss(micro, True)
+                    summed = tf.reduce_sum(per if weights is None else per * weights)
+                    loss = summed / tf.maximum(count, 1.0)
+                    if scaled:
+                        loss = self.optimizer.get_scaled_loss(loss)
+                grads = tape.gradient(loss, variables)
+                if scaled:
+                    grads = self.optimizer.get_unscaled_gradients(grads)
+                total = grads if total is None else [a + b for a, b in zip(total, grads)]
+                self.loss_tracker.update_state(per, sample_weight=weights)
+            self.optimizer.apply_gradients(zip(total, variables))
             return {"loss": self.loss_tracker.result()}
 
         def test_step(self, batch):
@@ -222,73 +265,148 @@ def _epoch_callback(net, optimizer, config, stats, exp_dir, dev_ds, state, info)
     return EpochEnd()
 
 
+def make_strategy(distribute: str = "auto"):
+    """The tf.distribute strategy for ``distribute`` (one of DISTRIBUTE) and this worker's
+    index (0 = chief). auto: multi-worker when TF_CONFIG names more than one task, mirrored
+    when there are several GPUs, else TensorFlow's default strategy. Must run before
+    TensorFlow does any work (TF_CONFIG and thread settings are read at creation)."""
+    import tensorflow as tf
+
+    if distribute not in DISTRIBUTE:
+        raise ValueError(f"distribute must be one of {', '.join(DISTRIBUTE)}, got {distribute!r}")
+    cluster = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    tasks = sum(len(v) for v in cluster.get("cluster", {}).values())
+    if distribute == "multi-worker" and tasks < 1:
+        raise ValueError("distribute=multi-worker needs TF_CONFIG with the cluster and this task (see the recipe README)")
+    if distribute == "multi-worker" or (distribute == "auto" and tasks > 1):
+        task = cluster.get("task", {})
+        index = int(task.get("index", 0))
+        # The chief is task "chief", or worker 0 when the cluster has no chief.
+        if task.get("type") == "chief":
+            index = 0
+        elif "chief" in cluster.get("cluster", {}):
+            index += 1
+        return tf.distribute.MultiWorkerMirroredStrategy(), index
+    gpus = tf.config.list_logical_devices("GPU")
+    if distribute == "mirrored" or (distribute == "auto" and len(gpus) > 1):
+        return tf.distribute.MirroredStrategy(), 0
+    return tf.distribute.get_strategy(), 0
+
+
 def train(
     config: ExperimentConfig,
-    train_manifests: list,
-    dev_manifests: list,
+    train_paths: list,
+    dev_paths: list,
     exp_dir,
     corpus: str = "",
     max_epochs: int | None = None,
     cache_dir=None,
+    distribute: str = "auto",
+    mixed_precision: bool = False,
 ) -> Path:
     """Train (or resume) in ``exp_dir``; returns the resulting model directory, EXP/model.
 
-    The same call after a kill continues from the last finished epoch with the optimizer
-    state restored. ``max_epochs`` stops this call after that many epochs in total (for
-    tests and time-boxed runs) without changing the config. ``cache_dir`` holds the log-mel
-    cache (default: EXP_DIR/../feature-cache); runs that share data can share it.
+    ``train_paths``/``dev_paths``: JSONL manifests or shard folders (asr.shards). The same
+    call after a kill continues from the last finished epoch with the optimizer state
+    restored. ``max_epochs`` stops this call after that many epochs in total (for tests and
+    time-boxed runs) without changing the config. ``cache_dir`` holds the log-mel cache of
+    the memory pipeline (default: EXP_DIR/../feature-cache). ``distribute``: see
+    make_strategy. ``mixed_precision``: float16 compute with float32 weights and dynamic loss
+    scaling (for GPUs; slower on CPUs).
     Raises ConfigError if exp_dir holds a different config, TrainingDiverged on a NaN loss.
     """
+    import tf_keras as keras
+
+    strategy, worker = make_strategy(distribute)
+    exp_dir = Path(exp_dir)
+    out_dir = exp_dir if worker == 0 else exp_dir / f"worker-{worker}"
+    _check_config(out_dir, config)
+    keras.utils.set_random_seed(config.training.seed)
+    policy = keras.mixed_precision.global_policy()
+    if mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        return _train(config, train_paths, dev_paths, out_dir, exp_dir, corpus, max_epochs, cache_dir, strategy,
+                      mixed_precision)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+
+
+def _open(paths, config, train: bool, cache):
+    from asr.dataset import open_data
+
+    name = "train" if train else "dev"
+    source = open_data(paths, config, train=train, cache_dir=cache)
+    for line in source.report_lines(name):
+        print(line, flush=True)
+    return source
+
+
+def _train(config, train_paths, dev_paths, out_dir, exp_dir, corpus, max_epochs, cache_dir, strategy, mixed) -> Path:
     import tensorflow as tf
     import tf_keras as keras
 
-    exp_dir = Path(exp_dir)
-    _check_config(exp_dir, config)
-    tc = config.training
-    keras.utils.set_random_seed(tc.seed)
-
-    spec, vocab = config.features, config.vocabulary
+    tc, spec, vocab = config.training, config.features, config.vocabulary
     cache = Path(cache_dir) if cache_dir else exp_dir.parent / "feature-cache"
-    train_ex, report = load_examples(train_manifests, spec, vocab, tc.speed_factors, cache, tc.max_duration)
-    for line in report.lines("train"):
-        print(line, flush=True)
-    if not train_ex:
+    train_src = _open(train_paths, config, True, cache)
+    if len(train_src.frames) == 0:
         raise ValueError("no usable training utterances (see the report above)")
-    dev_ex = []
-    if dev_manifests:
-        dev_ex, dev_report = load_examples(dev_manifests, spec, vocab, (1.0,), cache)
-        for line in dev_report.lines("dev"):
-            print(line, flush=True)
-    stats = global_stats_of(train_ex, spec) if spec.normalization == "global" else None
+    dev_src = _open(dev_paths, config, False, cache) if dev_paths else None
+    stats = train_src.global_stats() if spec.normalization == "global" else None
 
-    dev_ds = make_dataset(dev_ex, spec, stats, tc, train=False) if dev_ex else None
-    bounds, sizes = bucket_plan([e.frames for e in train_ex], tc.batch_frames, tc.max_batch_size)
-    steps = estimate_steps([e.frames for e in train_ex], bounds, sizes)
-    audio_s = sum(e.frames for e in train_ex) * spec.hop_length / spec.sample_rate
-    print(f"train: {audio_s / 3600:.2f} h of audio, about {steps} batches per epoch", flush=True)
+    replicas = strategy.num_replicas_in_sync
+    # Per-replica batches hold grad_accum_steps micro-batches; steps count global batches.
+    frames_per_replica, size_per_replica = tc.batch_frames * tc.grad_accum_steps, tc.max_batch_size * tc.grad_accum_steps
+    steps = train_src.steps_per_epoch(frames_per_replica * replicas, size_per_replica * replicas)
+    audio_s = train_src.audio_seconds
+    print(
+        f"train: {audio_s / 3600:.2f} h of audio, {steps} steps per epoch; {replicas} replica(s) x "
+        f"{tc.grad_accum_steps} micro-batch(es) of up to {tc.batch_frames} frames"
+        f"{', mixed precision' if mixed else ''}",
+        flush=True,
+    )
 
     from asr.model import build_model
 
-    net = build_model(config.model, spec.n_mels, vocab.size)
-    schedule = _schedule_class()(tc.learning_rate, tc.warmup_steps, steps * tc.epochs, tc.final_lr_ratio)
-    optimizer = keras.optimizers.Adam(schedule, global_clipnorm=tc.clip_norm)
-    trainer = _trainer_class()(net, vocab.blank)
-    trainer.compile(optimizer=optimizer)
+    with strategy.scope():
+        net = build_model(config.model, spec.n_mels, vocab.size)
+        schedule = _schedule_class()(tc.learning_rate, tc.warmup_steps, steps * tc.epochs, tc.final_lr_ratio)
+        optimizer = keras.optimizers.Adam(schedule, global_clipnorm=tc.clip_norm)
+        if mixed:
+            optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
+        trainer = _trainer_class()(net, vocab.blank, tc.grad_accum_steps)
+        trainer.compile(optimizer=optimizer)
+        trainer.distribute_reduction_method = "first"  # the loss metric is already all-reduced
 
     state = {"epoch": 0, "best_dev_loss": float("inf"), "best_epoch": 0, "bad_epochs": 0, "history": []}
-    done = checkpoint_dirs(exp_dir / "checkpoints")
+    done = checkpoint_dirs(out_dir / "checkpoints")
     if done:
         state = restore_checkpoint(done[-1], net, optimizer)
         print(f"resuming from {done[-1].name}: {state['epoch']} epoch(s) done, optimizer step restored", flush=True)
-    train_ds = make_dataset(train_ex, spec, stats, tc, train=True, seed=tc.seed, first_pass=state["epoch"])
+
+    def train_dataset(context=None):
+        pipelines, pipeline = (context.num_input_pipelines, context.input_pipeline_id) if context else (1, 0)
+        return train_src.dataset(stats, frames_per_replica, size_per_replica, seed=tc.seed, first_pass=state["epoch"],
+                                 num_pipelines=pipelines, pipeline_id=pipeline)
+
+    if replicas > 1:
+        train_ds = keras.utils.experimental.DatasetCreator(train_dataset)
+    else:
+        train_ds = train_dataset()
+    dev_ds = None
+    if dev_src is not None:
+        dev_ds = dev_src.dataset(stats, tc.batch_frames, tc.max_batch_size)
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        dev_ds = dev_ds.with_options(options)
     last_epoch = tc.epochs if max_epochs is None else min(tc.epochs, max_epochs)
     info = {"corpus": corpus, "train_hours": round(audio_s / 3600, 4)}
     if state["epoch"] >= last_epoch or state.get("stopped_early"):
         print(f"training already finished ({state['epoch']} epochs)", flush=True)
     else:
         callbacks = [
-            _epoch_callback(net, optimizer, config, stats, exp_dir, dev_ds, state, info),
-            keras.callbacks.TensorBoard(str(exp_dir / "tensorboard"), write_graph=False, profile_batch=0),
+            _epoch_callback(net, optimizer, config, stats, out_dir, dev_ds, state, info),
+            keras.callbacks.TensorBoard(str(out_dir / "tensorboard"), write_graph=False, profile_batch=0),
         ]
         trainer.fit(
             train_ds,
@@ -302,18 +420,18 @@ def train(
         if state.get("diverged"):
             raise TrainingDiverged(
                 f"training stopped: {state['diverged']}. The last good checkpoint "
-                f"(epoch {state['epoch']}) is kept in {exp_dir / 'checkpoints'}; lower training.learning_rate "
+                f"(epoch {state['epoch']}) is kept in {out_dir / 'checkpoints'}; lower training.learning_rate "
                 "or training.clip_norm and resume."
             )
-        save_model_dir(exp_dir / "final", config, net, stats, epoch=state["epoch"], **info)
-    best = exp_dir / "best"
+        save_model_dir(out_dir / "final", config, net, stats, epoch=state["epoch"], **info)
+    best = out_dir / "best"
     if not best.exists():
         save_model_dir(best, config, net, stats, epoch=state["epoch"], **info)
     chosen = best
     if tc.average_last > 1 and dev_ds is not None:
-        chosen = _average(exp_dir, config, net, trainer, stats, dev_ds, state, info)
-    model = exp_dir / "model"
-    tmp = exp_dir / "model.tmp"
+        chosen = _average(out_dir, config, net, trainer, stats, dev_ds, state, info)
+    model = out_dir / "model"
+    tmp = out_dir / "model.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     shutil.copytree(chosen, tmp)

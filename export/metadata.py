@@ -7,16 +7,23 @@ reads it back with the flatbuffers schema that ships with ai-edge-litert, withou
 from __future__ import annotations
 
 import json
+from types import MappingProxyType
 
 import numpy as np
 
 from asr import __version__
 from asr.model import SUBSAMPLING
+from asr.text import WORD_BOUNDARY
 
 METADATA_NAME = "asr_metadata"
-METADATA_VERSION = 1
+METADATA_VERSION = 2  # 2: decoding.tokenizer, decoding.text (and word_boundary for BPE); 1 had none (= chars)
 INPUT_NAME = "pcm"  # float32 [num_samples], 16 kHz, [-1, 1]
 OUTPUT_NAME = "log_probs"  # float32 [num_frames, vocab_size]
+# decoding.text, the rule asr.text.join_symbols applies to the kept symbols, per tokenizer
+TEXT_RULES = MappingProxyType({
+    "chars": "concatenate the symbols",
+    "bpe": "concatenate the symbols, replace each word_boundary with a space, collapse runs of spaces, trim",
+})
 
 
 def build_metadata(config, stats, meta: dict, quantization: str) -> dict:
@@ -42,11 +49,7 @@ def build_metadata(config, stats, meta: dict, quantization: str) -> dict:
             "num_frames": f"ceil((1 + num_samples // {spec.hop_length}) / {SUBSAMPLING})",
             "frame_shift_seconds": spec.hop_length * SUBSAMPLING / spec.sample_rate,
         },
-        "decoding": {
-            "method": "greedy CTC: argmax per frame, collapse repeats, drop blanks",
-            "blank_index": config.vocabulary.blank,
-            "vocabulary": config.vocabulary.symbols,
-        },
+        "decoding": decoding_metadata(config.vocabulary),
         "reset_state_before_each_utterance": True,
         "features": config.features.to_dict(),
         "normalization_stats": stats.to_dict() if stats is not None else None,
@@ -55,6 +58,21 @@ def build_metadata(config, stats, meta: dict, quantization: str) -> dict:
         "training_corpus": meta.get("corpus", ""),
         "metrics": meta.get("metrics", {}),
     }
+
+
+def decoding_metadata(vocab) -> dict:
+    """The "decoding" entry: how log-probabilities become text with ``vocab`` (asr.text.Vocabulary).
+    The BPE model itself is not embedded: decoding needs only the pieces (the vocabulary)."""
+    out = {
+        "method": "greedy CTC: argmax per frame, collapse repeats, drop blanks",
+        "blank_index": vocab.blank,
+        "vocabulary": vocab.symbols,
+        "tokenizer": vocab.kind,
+        "text": TEXT_RULES[vocab.kind],
+    }
+    if vocab.kind == "bpe":
+        out["word_boundary"] = WORD_BOUNDARY
+    return out
 
 
 def embed(tflite: bytes, metadata: dict) -> bytes:

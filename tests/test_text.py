@@ -1,4 +1,5 @@
-"""asr.text: transcript normalization and the character vocabulary with the CTC blank."""
+"""asr.text: transcript normalization, the character vocabulary with the CTC blank, and the
+text of output symbols (join_symbols). The BPE vocabulary is tested in test_tokens.py."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from asr.text import BLANK, DEFAULT_CHARS, Vocabulary, normalize_text
+from asr.text import BLANK, DEFAULT_CHARS, WORD_BOUNDARY, Vocabulary, join_symbols, normalize_text
 
 
 @pytest.mark.parametrize(
@@ -67,6 +68,16 @@ def test_normalized_text_uses_only_vocabulary_characters_and_is_idempotent():
         digits = sum(c.isdigit() for c in raw)
         words = text.split()
         assert sum(w in {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"} for w in words) >= digits
+
+
+def test_ascii_fast_path_equals_the_general_path():
+    """ASCII text skips NFKD; a trailing " é" sends the same text down the general path."""
+    rnd = random.Random(11)
+    alphabet = string.printable + "'" * 10 + "`" * 3
+    for _ in range(2000):
+        raw = "".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 60)))
+        assert raw.isascii()
+        assert normalize_text(raw + " \u00e9") == (normalize_text(raw) + " e").lstrip(), raw
 
 
 def _random_normalized(rnd: random.Random) -> str:
@@ -143,3 +154,49 @@ def test_dict_and_json_round_trip(vocab):
     data = json.loads(vocab.to_json())
     assert data["symbols"] == vocab.symbols
     assert Vocabulary.from_dict(data) == vocab
+
+
+def test_character_vocabulary_kind_and_dict_forms():
+    vocab = Vocabulary()
+    assert vocab.kind == "chars" and vocab.word_boundary is None and vocab.pieces == () and vocab.sp_model == ""
+    assert vocab.to_dict(derived=False) == {"chars": DEFAULT_CHARS, "blank": 0}  # what configs save, as before
+    assert vocab.to_dict() == {"chars": DEFAULT_CHARS, "blank": 0, "kind": "chars", "symbols": vocab.symbols}
+    assert Vocabulary.from_dict({}) == vocab and Vocabulary.from_dict({"blank": 3}) == Vocabulary(blank=3)
+
+
+def test_character_decode_keeps_spaces_as_they_are():
+    """Characters decode exactly as before BPE existed: no collapsing or trimming of spaces."""
+    vocab = Vocabulary()
+    assert vocab.decode(vocab.encode(" one  two ")) == " one  two "
+
+
+@pytest.mark.parametrize(
+    "d, message",
+    [
+        ({"chars": "ab", "blank": 0, "colour": 1}, "unknown vocabulary key"),
+        ({"chars": "ab", "blank": "0"}, "blank must be an integer"),
+        ({"chars": "ab", "blank": 3}, r"blank must be in 0\.\.2"),
+        ({"chars": "", "blank": 0}, "at least one symbol"),
+        ({"chars": 5}, "chars must be a string"),
+        ({"chars": "ab", "kind": "bpe"}, "does not match"),
+    ],
+)
+def test_bad_vocabulary_dicts_are_rejected(d, message):
+    with pytest.raises(ValueError, match=message):
+        Vocabulary.from_dict(d)
+
+
+@pytest.mark.parametrize(
+    "symbols, boundary, expected",
+    [
+        (["h", "i", " ", "y", "o", "u"], None, "hi you"),
+        ([" ", "a", " ", " "], None, " a  "),  # characters: as they are
+        (["\u2581he", "llo", "\u2581wor", "ld"], WORD_BOUNDARY, "hello world"),
+        (["\u2581", "\u2581he", "\u2581", "\u2581", "\u2581x", "\u2581"], WORD_BOUNDARY, "he x"),  # collapsed, trimmed
+        (["he", "llo"], WORD_BOUNDARY, "hello"),  # no boundary at the start
+        ([], WORD_BOUNDARY, ""),
+        (["\u2581"], WORD_BOUNDARY, ""),
+    ],
+)
+def test_join_symbols(symbols, boundary, expected):
+    assert join_symbols(symbols, boundary) == expected

@@ -14,31 +14,19 @@ root=$(cd "$here/../.." && pwd)
 stage=0
 stop_stage=5
 data_dir=""
-while [ $# -gt 0 ]; do
+. "$root/recipes/stages.sh"
+recipe_option() {
   case $1 in
-    --stage) stage=$2; shift 2 ;;
-    --stop-stage) stop_stage=$2; shift 2 ;;
-    --data-dir) data_dir=$(cd "$2" && pwd); shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
-    *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
+    --data-dir) data_dir=$(cd "$2" && pwd) ;;
+    *) return 1 ;;
   esac
-done
+}
+parse_options "$@"
 "$root/tools/setup.sh"
 asr="$root/.venv/bin/asr"
 conf="$root/models/configs/fsdd.yaml"
 cd "$here"
 mkdir -p exp data
-
-run_stage() {  # run_stage N NAME FUNCTION: run FUNCTION unless out of range or already done
-  local n=$1 name=$2 fn=$3
-  if [ "$n" -lt "$stage" ] || [ "$n" -gt "$stop_stage" ]; then return; fi
-  if [ -f "exp/.done-$name" ]; then echo "== stage $n ($name): done already, skipping"; return; fi
-  echo "== stage $n ($name)"
-  local start=$SECONDS
-  "$fn"
-  touch "exp/.done-$name"
-  echo "== stage $n ($name): finished in $((SECONDS - start)) s"
-}
 
 download() {
   if [ -n "$data_dir" ]; then
@@ -101,9 +89,9 @@ publish() {
   cat exp/RESULTS.md
 }
 
-run_stage 0 download download
-run_stage 1 prepare prepare
-run_stage 2 train train
-run_stage 3 evaluate evaluate
-run_stage 4 export export_tflite
-run_stage 5 publish publish
+run_stage 0 download exp download
+run_stage 1 prepare exp prepare
+run_stage 2 train exp train
+run_stage 3 evaluate exp evaluate
+run_stage 4 export exp export_tflite
+run_stage 5 publish exp publish

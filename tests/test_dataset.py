@@ -1,0 +1,281 @@
+"""asr.dataset.open_data: memory, stream and shard pipelines on real audio; orders, pipelines,
+skipped and dropped utterances."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from conftest import tiny_config, write_fsdd_manifest
+
+# Augmentation and speed perturbation on, 40 mels to keep it quick.
+AUGMENTED = [
+    "features.n_mels=40",
+    "training.speed_factors=0.9,1.0,1.1",
+    "training.freq_masks=2",
+    "training.freq_mask_width=5",
+    "training.time_masks=2",
+    "training.time_mask_fraction=0.05",
+]
+
+
+def letters(i: int) -> str:
+    """A short, distinct transcript for utterance ``i``: "ab", "ac", ..."""
+    return chr(97 + i // 26) + chr(97 + i % 26)
+
+
+def write_librispeech_manifest(path, librispeech_dir, copies: int = 1, unique_text: bool = False, extra=()):
+    """The five sample utterances, each listed ``copies`` times under distinct ids; with
+    ``unique_text`` every line gets its own short transcript (so batches name their utterances)."""
+    import soundfile as sf
+
+    from asr.manifest import Utterance, write_manifest
+
+    utts = []
+    for trans in sorted(librispeech_dir.rglob("*.trans.txt")):
+        for line in trans.read_text().splitlines():
+            uid, text = line.split(" ", 1)
+            flac = trans.parent / f"{uid}.flac"
+            info = sf.info(str(flac))
+            for c in range(copies):
+                t = letters(len(utts)) if unique_text else text
+                utts.append(Utterance(f"{uid}-{c}", str(flac), info.frames / info.samplerate, t))
+    write_manifest(path, list(utts) + list(extra))
+    return path
+
+
+def texts_of(batch, vocab) -> list[str]:
+    return [vocab.decode(lab[:n]) for lab, n in zip(batch["labels"].numpy(), batch["label_lengths"].numpy())]
+
+
+def take_utterances(ds, count: int, vocab):
+    """The next ``count`` utterances of ``ds`` (batches of one): [(text, features [T, F])]."""
+    out = []
+    for batch in ds.take(count):
+        assert batch["features"].shape[0] == 1
+        out.append((texts_of(batch, vocab)[0], batch["features"].numpy()[0]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def unique_manifest(librispeech_dir, tmp_path_factory):
+    """20 utterances (each sample file 4 times), transcripts "aa".."at"."""
+    return write_librispeech_manifest(tmp_path_factory.mktemp("ls") / "u.jsonl", librispeech_dir, 4, unique_text=True)
+
+
+@pytest.fixture(scope="module")
+def unique_shards(unique_manifest, tmp_path_factory):
+    from asr.shards import write_shards
+
+    out = tmp_path_factory.mktemp("shards") / "u"
+    write_shards([unique_manifest], tiny_config(*AUGMENTED).features, out, utterances_per_shard=3, workers=1)
+    return out
+
+
+def source_of(kind, unique_manifest, unique_shards, *overrides, train=True):
+    from asr.dataset import open_data
+
+    pipeline = "memory" if kind == "memory" else "stream"
+    config = tiny_config(*AUGMENTED, f"training.pipeline={pipeline}", *overrides)
+    return open_data([unique_shards if kind == "shards" else unique_manifest], config, train=train)
+
+
+# ------------------------------------------------------------------------------ features
+
+
+@pytest.mark.parametrize("normalization", ["utterance", "global"])
+def test_stream_features_equal_memory_features(librispeech_dir, tmp_path, normalization):
+    from asr.dataset import open_data
+
+    m = write_librispeech_manifest(tmp_path / "ls.jsonl", librispeech_dir)
+    sources = {p: open_data([m], tiny_config(f"features.normalization={normalization}", f"training.pipeline={p}"), train=False)
+               for p in ("memory", "stream")}
+    np.testing.assert_array_equal(sources["memory"].frames, sources["stream"].frames)
+    stats = None
+    if normalization == "global":
+        stats = sources["memory"].global_stats()
+        streamed = sources["stream"].global_stats()  # 5 utterances < STATS_SAMPLE: all of them
+        np.testing.assert_allclose(streamed.mean, stats.mean, atol=1e-4)
+        np.testing.assert_allclose(streamed.std, stats.std, atol=1e-4)
+    vocab = tiny_config().vocabulary
+    got = {}
+    for p, src in sources.items():
+        for batch in src.dataset(stats, 3000, 8):
+            for text, feats, n in zip(texts_of(batch, vocab), batch["features"].numpy(), batch["feature_lengths"].numpy()):
+                got.setdefault(text, {})[p] = feats[:n]
+    assert len(got) == 5
+    for text, pair in got.items():
+        assert pair["memory"].shape == pair["stream"].shape
+        np.testing.assert_allclose(pair["stream"], pair["memory"], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["stream", "shards"])
+def test_batch_layout(kind, unique_manifest, unique_shards):
+    import tensorflow as tf
+
+    src = source_of(kind, unique_manifest, unique_shards)
+    vocab = src.config.vocabulary
+    batch_frames, seen = 2500, set()
+    for batch in src.dataset(None, batch_frames, 4, seed=5).take(12):
+        assert set(batch) == {"features", "feature_lengths", "labels", "label_lengths"}
+        feats, lengths = batch["features"], batch["feature_lengths"].numpy()
+        labels, label_lengths = batch["labels"].numpy(), batch["label_lengths"].numpy()
+        assert feats.dtype == tf.float32 and feats.shape[2] == 40 and feats.shape[1] == lengths.max()
+        assert batch["feature_lengths"].dtype == tf.int32 and batch["labels"].dtype == tf.int32
+        assert batch["label_lengths"].dtype == tf.int32
+        assert feats.shape[0] * feats.shape[1] <= batch_frames or feats.shape[0] == 1
+        f = feats.numpy()
+        for i, n in enumerate(lengths):
+            assert not f[i, n:].any() and f[i, :n].any()  # zero past each length only
+            assert not labels[i, label_lengths[i]:].any() and (labels[i, : label_lengths[i]] > 0).all()
+        seen.update(texts_of(batch, vocab))
+    assert seen <= {letters(i) for i in range(20)} and len(seen) > 10
+
+
+@pytest.mark.parametrize("kind", ["memory", "stream", "shards"])
+def test_sorted_first_pass_is_sorted(kind, unique_manifest, unique_shards):
+    """Shortest first. Batches of 2 over lengths that come 4 times each: every bucket fills, so
+    no partial bucket is flushed at the end and the pass is exactly in order."""
+    src = source_of(kind, unique_manifest, unique_shards, "training.sortagrad=true")
+    lengths, texts = [], []
+    assert src.steps_per_epoch(100_000, 2) == 10
+    for batch in src.dataset(None, 100_000, 2, seed=3).take(10):
+        lengths += batch["feature_lengths"].numpy().tolist()
+        texts += texts_of(batch, src.config.vocabulary)
+    assert sorted(texts) == [letters(i) for i in range(20)]  # one pass: each utterance once
+    assert lengths == sorted(src.frames.tolist())  # in order, and not speed-perturbed
+
+
+@pytest.mark.parametrize("kind", ["memory", "stream", "shards"])
+def test_pass_orders_differ_and_are_reproducible(kind, unique_manifest, unique_shards):
+    src = source_of(kind, unique_manifest, unique_shards)
+    vocab, n = src.config.vocabulary, src.num_utterances
+    first = take_utterances(src.dataset(None, 2500, 1, seed=7), 2 * n, vocab)
+    again = take_utterances(src.dataset(None, 2500, 1, seed=7), 2 * n, vocab)
+    pass0, pass1 = [t for t, _ in first[:n]], [t for t, _ in first[n:]]
+    assert sorted(pass0) == sorted(pass1) == [letters(i) for i in range(n)]
+    assert pass0 != pass1
+    assert [t for t, _ in again] == pass0 + pass1
+    for (_, a), (_, b) in zip(first, again):
+        np.testing.assert_array_equal(a, b)  # same speed factors and masks
+    resumed = take_utterances(src.dataset(None, 2500, 1, seed=7, first_pass=1), n, vocab)
+    assert [t for t, _ in resumed] == pass1
+    other_seed = take_utterances(src.dataset(None, 2500, 1, seed=8), n, vocab)
+    assert [t for t, _ in other_seed] != pass0
+
+
+@pytest.mark.parametrize("kind", ["memory", "stream", "shards"])
+@pytest.mark.parametrize("sortagrad", [False, True])
+def test_two_pipelines_partition_each_pass(kind, sortagrad, unique_manifest, unique_shards):
+    """Pipeline k gets positions i % 2 == k of the single pipeline's order, with the same
+    features (speed factor and masks do not depend on the pipeline)."""
+    src = source_of(kind, unique_manifest, unique_shards, f"training.sortagrad={str(sortagrad).lower()}")
+    vocab, n = src.config.vocabulary, src.num_utterances
+    single = take_utterances(src.dataset(None, 2500, 1, seed=11), 2 * n, vocab)
+    parts = [take_utterances(src.dataset(None, 2500, 1, seed=11, num_pipelines=2, pipeline_id=k), n, vocab)
+             for k in range(2)]
+    for p in range(2):  # each of two passes
+        mine = [parts[k][p * n // 2 : (p + 1) * n // 2] for k in range(2)]
+        texts = [{t for t, _ in mine[k]} for k in range(2)]
+        assert not texts[0] & texts[1]
+        assert texts[0] | texts[1] == {letters(i) for i in range(n)}
+        whole = single[p * n : (p + 1) * n]
+        for i, (text, feats) in enumerate(whole):
+            got_text, got_feats = mine[i % 2][i // 2]
+            assert got_text == text
+            np.testing.assert_array_equal(got_feats, feats)
+
+
+@pytest.mark.parametrize("pipeline", ["memory", "stream"])
+def test_manifests_and_shard_folders_together(pipeline, librispeech_dir, unique_shards, tmp_path):
+    """One source over a manifest and a shard folder: the sorted pass merged in order, then
+    shuffled passes with every utterance once, two pipelines partitioning the evaluation pass."""
+    from asr.dataset import open_data
+
+    m = write_librispeech_manifest(tmp_path / "more.jsonl", librispeech_dir, 2)  # real transcripts, other texts
+    config = tiny_config(*AUGMENTED, f"training.pipeline={pipeline}", "training.sortagrad=true")
+    src = open_data([m, unique_shards], config, train=True)
+    assert src.num_utterances == 30 and [p.kind for p in src.parts] == [pipeline, "shards"]
+    lengths = []
+    texts = []
+    for batch in src.dataset(None, 2500, 1, seed=2).take(90):
+        lengths.append(int(batch["feature_lengths"][0]))
+        texts += texts_of(batch, config.vocabulary)
+    assert lengths[:30] == sorted(src.frames.tolist())
+    unique = {letters(i) for i in range(20)}
+    for p in range(3):
+        assert sorted(t for t in texts[30 * p : 30 * (p + 1)] if t in unique) == sorted(unique)
+    assert texts[30:60] != texts[60:90]
+    ev = open_data([m, unique_shards], config, train=False)
+    halves = [ev.dataset(None, 2500, 1, num_pipelines=2, pipeline_id=k) for k in range(2)]
+    count = sum(1 for h in halves for _ in h)
+    assert count == 30
+
+
+def test_memory_source_matches_make_dataset(fsdd_dir, tmp_path):
+    """sortagrad off, one pipeline: the memory source gives make_dataset's batches exactly."""
+    from asr.dataset import load_examples, make_dataset, open_data
+
+    m = write_fsdd_manifest(tmp_path / "f.jsonl", fsdd_dir, [f"{d}_jackson_0" for d in range(5)], copies=2)
+    config = tiny_config(*AUGMENTED, "features.normalization=global")
+    src = open_data([m], config, train=True, cache_dir=tmp_path / "cache")
+    stats = src.global_stats()
+    tc = config.training
+    examples, _ = load_examples([m], config.features, config.vocabulary, tc.speed_factors, tmp_path / "cache", tc.max_duration)
+    old = make_dataset(examples, config.features, stats, tc, train=True, seed=4, first_pass=2)
+    new = src.dataset(stats, tc.batch_frames, tc.max_batch_size, seed=4, first_pass=2)
+    assert src.steps_per_epoch(tc.batch_frames, tc.max_batch_size) > 1
+    for a, b in zip(old.take(8), new.take(8)):
+        for key in a:
+            np.testing.assert_array_equal(a[key].numpy(), b[key].numpy())
+
+
+# ---------------------------------------------------------------- skipped and dropped
+
+
+def test_unreadable_audio_is_skipped_while_streaming_and_reported(librispeech_dir, tmp_path, caplog):
+    from asr.dataset import open_data
+    from asr.manifest import Utterance
+
+    bad = tmp_path / "broken.flac"
+    bad.write_bytes(b"fLaC" + bytes(range(256)) * 8)  # a FLAC signature, then garbage
+    m = write_librispeech_manifest(tmp_path / "ls.jsonl", librispeech_dir,
+                                   extra=[Utterance("broken", str(bad), 3.0, "a broken file")])
+    config = tiny_config(*AUGMENTED, "training.pipeline=stream")
+    src = open_data([m], config, train=True)
+    assert src.num_utterances == 6  # known only when read
+    with caplog.at_level(logging.WARNING, logger="asr.dataset"):
+        texts = []
+        for batch in src.dataset(None, 2500, 1, seed=1).take(10):  # two passes of the 5 readable ones
+            texts += texts_of(batch, config.vocabulary)
+        ev = [t for b in open_data([m], config, train=False).dataset(None, 2500, 8) for t in texts_of(b, config.vocabulary)]
+    assert len(texts) == 10 and "a broken file" not in texts and len(set(texts)) == 5
+    assert len(ev) == 5 and "a broken file" not in ev
+    lines = "\n".join(src.report_lines("train"))
+    assert "skipped 1 unreadable audio file(s) while streaming: broken:" in lines
+    warned = [r.getMessage() for r in caplog.records if "broken" in r.getMessage()]
+    assert len(warned) == 2  # once for the training source, once for the evaluation source
+    assert "skipping unreadable audio broken" in warned[0]
+
+
+@pytest.mark.parametrize("kind", ["stream", "shards"])
+def test_labels_too_long_for_their_audio_are_dropped(kind, librispeech_dir, tmp_path):
+    from asr.dataset import open_data
+    from asr.manifest import Utterance
+    from asr.model import output_length
+    from asr.shards import write_shards
+
+    short = next(librispeech_dir.rglob("1089-134691-0000.flac"))  # 2.085 s: 209 frames, 53 outputs
+    extra = [Utterance("long-label", str(short), 2.085, "seven " * 20), Utterance("fits", str(short), 2.085, "seven " * 8)]
+    m = write_librispeech_manifest(tmp_path / "ls.jsonl", librispeech_dir, extra=extra)
+    config = tiny_config("features.n_mels=40", "training.pipeline=stream")
+    path = m
+    if kind == "shards":
+        path = tmp_path / "shards"
+        write_shards([m], config.features, path, utterances_per_shard=4, workers=1)
+    src = open_data([path], config, train=True)
+    assert src.num_utterances == 6 and "long-label" not in src.ids and "fits" in src.ids
+    assert "dropped 1 utterance(s) whose label cannot fit" in "\n".join(src.report_lines("train"))
+    for batch in src.dataset(None, 2500, 8).take(3):
+        assert (output_length(batch["feature_lengths"].numpy()) >= batch["label_lengths"].numpy()).all()
