@@ -289,7 +289,10 @@ def make_strategy(distribute: str = "auto"):
         return tf.distribute.MultiWorkerMirroredStrategy(), index
     gpus = tf.config.list_logical_devices("GPU")
     if distribute == "mirrored" or (distribute == "auto" and len(gpus) > 1):
-        return tf.distribute.MirroredStrategy(), 0
+        # Every GPU; without one, every logical CPU device (one, unless the process split the
+        # CPU with tf.config.set_logical_device_configuration, as the tests do).
+        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices), 0
     return tf.distribute.get_strategy(), 0
 
 

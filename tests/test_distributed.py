@@ -58,12 +58,22 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def launch(manifest: Path, exp: Path, batch: int, env_extra: dict) -> subprocess.Popen:
+# `asr` in a process whose CPU is split into two logical devices before TensorFlow starts:
+# MirroredStrategy then has two replicas, as on a machine with two GPUs.
+TWO_CPU_REPLICAS = [
+    "-c",
+    "import sys, asr, tensorflow as tf; cpu = tf.config.list_physical_devices('CPU')[0]; "
+    "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2); "
+    "from asr.cli import main; sys.exit(main())",
+]
+
+
+def launch(manifest: Path, exp: Path, batch: int, env_extra: dict, prefix=None, extra=()) -> subprocess.Popen:
     overrides = TINY_OVERRIDES + [
         "training.epochs=2", "training.sortagrad=true", "training.batch_frames=100000",
         f"training.max_batch_size={batch}", "training.warmup_steps=2",
     ]
-    cmd = [sys.executable, *ASR, "train", "--train", str(manifest), "--exp", str(exp), "--threads", "1",
+    cmd = [sys.executable, *(prefix or ASR), "train", *extra, "--train", str(manifest), "--exp", str(exp), "--threads", "1",
            "--feature-cache", str(exp.parent / f"cache-{exp.name}"), "--set", *overrides]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **env_extra}
     return subprocess.Popen(cmd + (["--distribute", "multi-worker"] if "TF_CONFIG" in env_extra else []),
@@ -129,3 +139,17 @@ def test_two_workers_match_one_process_with_the_same_global_batch(fsdd_dir, tmp_
     # global batch, their gradient would be the mean over 2 utterances, not over the 4.
     losses = epoch_losses(single)
     assert len(losses) == 2 and losses[1] < losses[0]
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_over_two_devices_matches_one_process(fsdd_dir, tmp_path):
+    manifest = equal_length_manifest(tmp_path / "train.jsonl", fsdd_dir)
+    mirrored = launch(manifest, tmp_path / "mirrored", 2, {}, prefix=TWO_CPU_REPLICAS, extra=["--distribute", "mirrored"])
+    reference = launch(manifest, tmp_path / "single", 4, {})
+    outputs = finish([mirrored, reference])
+
+    assert "2 replica(s)" in outputs[0] and "1 replica(s)" in outputs[1]
+    w_mirrored, w_single = weights(tmp_path / "mirrored" / "final"), weights(tmp_path / "single" / "final")
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(w_mirrored, w_single))
+    assert diff < WEIGHT_TOLERANCE, f"2 replicas vs 1 process: max weight difference {diff}"
+    np.testing.assert_allclose(epoch_losses(tmp_path / "mirrored"), epoch_losses(tmp_path / "single"), rtol=LOSS_RTOL)
