@@ -22,7 +22,7 @@ from conftest import REPO_ROOT, TINY_OVERRIDES
 
 UTTERANCES = 16  # 4 global batches of 4 per epoch
 SECONDS = 1.0  # every utterance is cut or padded to this length
-ASR = os.environ.get("ASR_SHIM", "-m asr").split()
+ASR = ["-m", "asr"]  # how launch() starts the asr command
 WORKER_TIMEOUT = 300  # seconds; a stuck collective must fail the test, not hang CI
 WEIGHT_TOLERANCE = 5e-5  # max |difference| between the 2-worker and the 1-process weights (measured 4.5e-6)
 LOSS_RTOL = 1e-5  # relative tolerance of the logged epoch losses
