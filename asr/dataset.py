@@ -8,8 +8,9 @@
   them in RAM; a Python generator does the rest. For small corpora (FSDD).
 - "stream" (training.pipeline, manifests): nothing is precomputed. Audio is decoded with
   soundfile (and speed-perturbed with soxr) in ``tf.numpy_function``; log-mels, normalization
-  and SpecAugment are TF ops (``export.frontend.log_mel_graph``, the same log-mel as
-  ``asr.features.log_mel``), so the work runs in tf.data's parallel C++ threads.
+  and SpecAugment are TF ops (``export.frontend``'s raw_log_mel_graph and normalize_graph: the
+  exported model's frontend, the same log-mel as ``asr.features.log_mel``), so the work runs in
+  tf.data's parallel C++ threads.
 - shard folders (made by ``asr.shards.write_shards``): un-normalized log-mels read from
   TFRecord files; always streamed, whatever training.pipeline says. Speed factor 1.0 only.
 
@@ -49,7 +50,7 @@ import logging
 import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 from multiprocessing import get_context
 from pathlib import Path
@@ -58,7 +59,7 @@ import numpy as np
 
 from asr.audio import AudioError, load_audio
 from asr.ctc import min_frames
-from asr.features import FeatureSpec, GlobalStats, log_mel, normalize
+from asr.features import FeatureSpec, GlobalStats, feature_sums, log_mel, normalize, stats_from_sums
 from asr.manifest import Utterance, read_manifest
 from asr.model import output_length
 from asr.text import Vocabulary, normalize_text
@@ -224,13 +225,6 @@ def load_examples(
     return examples, report
 
 
-def global_stats_of(examples: list[Example], spec: FeatureSpec) -> GlobalStats:
-    """Training-set statistics from each example's first feature copy (the first speed factor)."""
-    from asr.features import compute_global_stats
-
-    return compute_global_stats((e.feats[0] for e in examples), spec)
-
-
 def _draw_masks(rng: np.random.Generator, frames: int, channels: int, cfg) -> list[tuple[int, int, int]]:
     """(axis, start, width) of each SpecAugment mask (axis 1: channels, 0: frames)."""
     masks = []
@@ -365,7 +359,7 @@ def _generator_dataset(
 
 # ============================================================================ open_data
 
-STREAM_FEATURES = "tf"  # stream log-mels: "tf" (log_mel_graph in tf.data) or "numpy" (librosa in numpy_function)
+STREAM_FEATURES = "tf"  # stream log-mels: "tf" (raw_log_mel_graph in tf.data) or "numpy" (librosa in numpy_function)
 STATS_SAMPLE = 1000  # stream: utterances (a fixed sample) that the global statistics are computed from
 SHARD_CYCLE = 16  # shuffled shard passes: shards read side by side, record by record
 SHUFFLE_BLOCK = 512  # shuffled shard passes: records shuffled within blocks of this many
@@ -462,13 +456,7 @@ class _MemoryPart(_Part):
         # From the first speed factor's copy, as the shipped FSDD model was trained (its recipe
         # lists 0.9 first); shards and streams use factor 1.0. Normalization statistics only
         # need to be the same in training and inference, which they are (saved with the model).
-        total, total_sq, count = np.zeros(self.spec.n_mels), np.zeros(self.spec.n_mels), 0
-        for e in self.examples:
-            feats = e.feats[0]
-            total += feats.sum(axis=0)
-            total_sq += np.square(feats, dtype=np.float64).sum(axis=0)
-            count += feats.shape[0]
-        return total, total_sq, count
+        return feature_sums((e.feats[0] for e in self.examples), self.spec.n_mels)
 
     def raw(self, gidx, p, seed, perturb: bool):
         """(utterance, un-normalized log-mels) for the utterances of ``gidx`` (a dataset);
@@ -573,11 +561,7 @@ class _StreamPart(_Part):
             ds = ds.map(features, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             return ds.filter(_readable).map(_drop_flag)
 
-        from asr.features import GlobalStats
-        from export.frontend import log_mel_graph
-
-        raw_spec = replace(self.spec, normalization="global")  # with mean 0 and std 1: un-normalized
-        unit = GlobalStats(np.zeros(n_mels, np.float32), np.ones(n_mels, np.float32))
+        from export.frontend import raw_log_mel_graph
 
         def decode(g, f):
             audio, ok = tf.numpy_function(self._audio, [g, f], [tf.float32, tf.bool])
@@ -585,7 +569,7 @@ class _StreamPart(_Part):
             return g, audio, ok
 
         def features(g, audio, ok):
-            return g, log_mel_graph(audio, raw_spec, unit)
+            return g, raw_log_mel_graph(audio, self.spec)
 
         ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.filter(_readable)
@@ -597,12 +581,9 @@ class _StreamPart(_Part):
 
         limit = STATS_SAMPLE if limit is None else limit
         pick = np.arange(self.n) if self.n <= limit else np.sort(np.random.default_rng(0).choice(self.n, limit, replace=False))
-        total, total_sq, count = np.zeros(self.spec.n_mels), np.zeros(self.spec.n_mels), 0
         gidx = tf.data.Dataset.from_tensor_slices((pick + self.offset).astype(np.int64))
-        for _, feats in self.raw(gidx, 0, 0, perturb=False).prefetch(tf.data.AUTOTUNE).as_numpy_iterator():
-            total += feats.sum(axis=0)
-            total_sq += np.square(feats, dtype=np.float64).sum(axis=0)
-            count += feats.shape[0]
+        feats = self.raw(gidx, 0, 0, perturb=False).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+        total, total_sq, count = feature_sums((f for _, f in feats), self.spec.n_mels)
         if count and len(pick) < self.n:
             scale = float(self.frames.sum()) / float(self.frames[pick].sum())
             total, total_sq, count = total * scale, total_sq * scale, int(round(count * scale))
@@ -793,18 +774,12 @@ class DataSource:
         """Per-channel mean and std of the un-normalized log-mels (memory: from the features of
         the first speed factor; shards: from the sums stored at write time, factor 1.0; stream:
         from a fixed sample of up to STATS_SAMPLE utterances, factor 1.0)."""
-        from asr.features import NORM_EPS
-
         n_mels = self.config.features.n_mels
         total, total_sq, count = np.zeros(n_mels), np.zeros(n_mels), 0
         for part in self.parts:
             t, q, c = part.sums()
             total, total_sq, count = total + t, total_sq + q, count + c
-        if count == 0:
-            raise ValueError("cannot compute normalization statistics from zero frames")
-        mean = total / count
-        std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0) + NORM_EPS)
-        return GlobalStats(mean.astype(np.float32), std.astype(np.float32))
+        return stats_from_sums(total, total_sq, count)
 
     def steps_per_epoch(self, batch_frames: int, max_batch_size: int) -> int:
         """Batches in one pass of one pipeline (bucket_plan / estimate_steps)."""
@@ -875,25 +850,18 @@ class DataSource:
         """(utterance, raw log-mels) -> batch element: normalized, SpecAugment (train), labels."""
         import tensorflow as tf
 
-        from asr.features import NORM_EPS
+        from export.frontend import normalize_graph
 
         spec, tc = self.config.features, self.config.training
-        if spec.normalization == "global":
-            if stats is None:
-                raise ValueError("global normalization needs the training-set statistics (GlobalStats)")
-            mean, std = tf.constant(stats.mean, tf.float32), tf.constant(stats.std, tf.float32)
+        if spec.normalization == "global" and stats is None:
+            raise ValueError("global normalization needs the training-set statistics (GlobalStats)")
         labels_of = self.labels
 
         def lookup(g):
             return labels_of[int(g)]
 
         def finish(g, raw):
-            if spec.normalization == "utterance":
-                mu = tf.reduce_mean(raw, axis=0, keepdims=True)
-                var = tf.reduce_mean(tf.square(raw - mu), axis=0, keepdims=True)
-                feats = (raw - mu) / tf.sqrt(var + NORM_EPS)
-            else:
-                feats = (raw - mean) / std
+            feats = normalize_graph(raw, spec, stats)  # the exported frontend's normalization
             if train:
                 s = tf.stack([tf.cast(seed, tf.int64) * _SEED_MULT + tf.cast(p, tf.int64) * 16 + 2, g])
                 feats = _spec_augment_tf(feats, s, tc)

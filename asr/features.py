@@ -124,20 +124,32 @@ def normalize(feats: np.ndarray, spec: FeatureSpec, stats: GlobalStats | None = 
     return ((feats - stats.mean) / stats.std).astype(np.float32)
 
 
-def compute_global_stats(feature_arrays, spec: FeatureSpec) -> GlobalStats:
-    """Mean and std per channel over all frames of un-normalized log-mels [T_i, n_mels]."""
-    total = np.zeros(spec.n_mels, np.float64)
-    total_sq = np.zeros(spec.n_mels, np.float64)
+def feature_sums(feature_arrays, n_mels: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-channel sum and sum of squares (float64 [n_mels] each) and the frame count over
+    all frames of un-normalized log-mels [T_i, n_mels]: what GlobalStats are made of, and
+    what can be added up across parts, shards and workers."""
+    total = np.zeros(n_mels, np.float64)
+    total_sq = np.zeros(n_mels, np.float64)
     count = 0
     for feats in feature_arrays:
         total += feats.sum(axis=0)
         total_sq += np.square(feats, dtype=np.float64).sum(axis=0)
         count += feats.shape[0]
+    return total, total_sq, count
+
+
+def stats_from_sums(total: np.ndarray, total_sq: np.ndarray, count: int) -> GlobalStats:
+    """GlobalStats (mean, std with the NORM_EPS variance floor) from ``feature_sums``."""
     if count == 0:
         raise ValueError("cannot compute normalization statistics from zero frames")
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0) + NORM_EPS)
     return GlobalStats(mean.astype(np.float32), std.astype(np.float32))
+
+
+def compute_global_stats(feature_arrays, spec: FeatureSpec) -> GlobalStats:
+    """Mean and std per channel over all frames of un-normalized log-mels [T_i, n_mels]."""
+    return stats_from_sums(*feature_sums(feature_arrays, spec.n_mels))
 
 
 def extract(audio: np.ndarray, spec: FeatureSpec, stats: GlobalStats | None = None) -> np.ndarray:

@@ -136,7 +136,7 @@ def _compute_shard(job):
     Runs in a spawned process without TensorFlow: load_audio + librosa log_mel."""
     k, spec_dict, dtype, items = job
     from asr.audio import AudioError, load_audio
-    from asr.features import log_mel
+    from asr.features import feature_sums, log_mel
 
     spec = FeatureSpec(**spec_dict)
     done, problems, max_err = [], [], 0.0
@@ -151,8 +151,7 @@ def _compute_shard(job):
             continue
         stored = feats.astype(dtype)
         max_err = max(max_err, float(np.max(np.abs(stored.astype(np.float32) - feats))) if feats.size else 0.0)
-        sums = np.zeros(spec.n_mels, np.float64) + feats.sum(axis=0)  # as compute_global_stats sums
-        sq = np.square(feats, dtype=np.float64).sum(axis=0)
+        sums, sq, _ = feature_sums([feats], spec.n_mels)
         done.append((feats.shape[0], pos, stored.astype(stored.dtype.newbyteorder("<")).tobytes(), sums, sq))
     done.sort(key=lambda r: (r[0], r[1]))  # shortest first inside the shard, then plan order
     return {"k": k, "n_mels": spec.n_mels, "records": done, "problems": problems, "max_error": max_err}

@@ -46,6 +46,12 @@ def mel_groups(mel: np.ndarray, max_elements: int = UNQUANTIZED_MAX_ELEMENTS) ->
 
 def log_mel_graph(pcm, spec: FeatureSpec, stats: GlobalStats | None = None):
     """TensorFlow log-mel of ``pcm`` [num_samples] -> [num_frames, n_mels], normalized."""
+    return normalize_graph(raw_log_mel_graph(pcm, spec), spec, stats)
+
+
+def raw_log_mel_graph(pcm, spec: FeatureSpec):
+    """TensorFlow log-mel of ``pcm`` [num_samples] -> [num_frames, n_mels], not normalized
+    (asr.features.log_mel in TF ops)."""
     import tensorflow as tf
 
     pad = spec.n_fft // 2
@@ -58,7 +64,13 @@ def log_mel_graph(pcm, spec: FeatureSpec, stats: GlobalStats | None = None):
     mel = tf.concat(  # [num_frames, n_mels], one small matmul per group of neighbouring filters
         [tf.matmul(power[:, lo:hi], tf.constant(matrix[lo:hi, a:b])) for lo, hi, a, b in mel_groups(matrix)], axis=1
     )
-    feats = tf.math.log(mel + spec.log_floor)
+    return tf.math.log(mel + spec.log_floor)
+
+
+def normalize_graph(feats, spec: FeatureSpec, stats: GlobalStats | None = None):
+    """asr.features.normalize in TF ops: [num_frames, n_mels] in and out."""
+    import tensorflow as tf
+
     if spec.normalization == "utterance":
         mean = tf.reduce_mean(feats, axis=0, keepdims=True)
         var = tf.reduce_mean(tf.square(feats - mean), axis=0, keepdims=True)
