@@ -287,7 +287,7 @@ def checksums(parts: list[str], base_url: str, md5_file: str | os.PathLike | Non
             why = list_errors.get(PARTS[part].resource,
                                   f"no md5 for {archive_name(part)} in {source}")
             if not allow_unverified:
-                failed[part] = f"{why} (pass md5_file, or allow_unverified=True)"
+                failed[part] = f"{why} (give a local md5 list: asr download --md5-file, or md5_file=)"
                 continue
             _say(f"{part}: WARNING: downloading without checksum ({why})")
         found[part] = md5
