@@ -3,6 +3,9 @@
 A model directory, what ``asr transcribe --model`` and ``asr evaluate`` take:
     model.json   {"format", "version", "asr_version", "config": ExperimentConfig.to_dict(),
                   "normalization_stats": GlobalStats or null, "corpus", "metrics", ...}
+                 "metrics" are this model's own results, each checked at publishing to be an
+                 evaluation of this model; results of other models (for comparison) live apart
+                 under "reference_metrics": {name: {"model": what was evaluated, "note", ...}}.
     weights.h5   tf_keras weights of the model built with ``with_lengths=True``
 
 A training checkpoint ``epoch-NNNN/``: ``state.json`` (epoch, best dev loss, early-stop
@@ -25,6 +28,7 @@ MODEL_FORMAT = "asr-keras-model"
 MODEL_FORMAT_VERSION = 1
 MODEL_JSON = "model.json"
 WEIGHTS = "weights.h5"
+REFERENCE_KEY = "reference_metrics"  # results of OTHER models, kept apart from this model's "metrics"
 
 
 class ModelDirError(ValueError):
@@ -181,16 +185,59 @@ def metric_summary(metrics: dict) -> dict:
     return {name: {k: s[k] for k in keep if k in s} for name, s in metrics.items()}
 
 
-def publish_model(src, dest, metrics: dict) -> Path:
+def _evaluated(summary: dict) -> Path | None:
+    """The model an evaluation summary was measured on (asr.evaluation records "model" as given
+    and "model_path" resolved), resolved; None when it names none."""
+    path = summary.get("model_path") or summary.get("model")
+    return Path(path).resolve() if path else None
+
+
+def own_metrics(metrics: dict, model) -> dict:
+    """``metric_summary`` of ``metrics`` (name -> evaluation summary) once each is checked to be
+    an evaluation of ``model`` (a model directory or a .tflite). ModelDirError, one line, for a
+    summary of another model or of none."""
+    target = Path(model).resolve()
+    for name, summary in metrics.items():
+        evaluated = _evaluated(summary)
+        if evaluated is None:
+            raise ModelDirError(f"metrics {name}: the summary names no model, so it cannot be shown to be {model}'s")
+        if evaluated != target:
+            raise ModelDirError(f"metrics {name} were measured on {summary['model']}, not on {model}; "
+                                f"give another model's result as a reference (--reference {name}=SUMMARY.json)")
+    return metric_summary(metrics)
+
+
+def reference_metrics(references: dict, model, note: str = "") -> dict:
+    """Results of other models, for comparison: {name: {"model": the evaluated model as its
+    summary names it, "note" (when given), "wer", "cer", ...}}. ModelDirError for a summary of
+    ``model`` itself (its results belong in the metrics) or of no model."""
+    target = Path(model).resolve()
+    out = {}
+    for name, summary in references.items():
+        evaluated = _evaluated(summary)
+        if evaluated is None:
+            raise ModelDirError(f"reference {name}: the summary names no model")
+        if evaluated == target:
+            raise ModelDirError(f"reference {name} was measured on {model} itself; give it as metrics")
+        out[name] = {"model": summary["model"], **({"note": note} if note else {}), **metric_summary({name: summary})[name]}
+    return out
+
+
+def publish_model(src, dest, metrics: dict, references: dict | None = None, reference_note: str = "") -> Path:
     """Copy model directory ``src`` to ``dest`` (atomically), adding ``metrics`` (name -> an
-    evaluation summary) to its model.json."""
+    evaluation summary of ``src``: ``own_metrics`` checks it) to its model.json, and
+    ``references`` (name -> a summary of another model) under REFERENCE_KEY with
+    ``reference_note``. Nothing is written when a summary is refused."""
     src, dest = Path(src), Path(dest)
     meta = read_model_meta(src)
+    meta["metrics"] = own_metrics(metrics, src)
+    meta.pop(REFERENCE_KEY, None)
+    if references:
+        meta[REFERENCE_KEY] = reference_metrics(references, src, reference_note)
     tmp = dest.with_name(dest.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     shutil.copytree(src, tmp)
-    meta["metrics"] = metric_summary(metrics)
     write_json(tmp / MODEL_JSON, meta)
     replace_dir(tmp, dest)
     return dest

@@ -14,7 +14,7 @@
     asr transcribe PATH ... [--model DIR|FILE.tflite] [--format text|json]
     asr export MODEL_DIR -o model.tflite [--quantization float32|float16|dynamic|int8] [--verify M ...]
     asr info MODEL_DIR|FILE.tflite
-    asr publish --model DIR --dest DIR [--metrics NAME=SUMMARY.json ...]
+    asr publish --model DIR --dest DIR [--metrics NAME=SUMMARY.json ...] [--reference NAME=SUMMARY.json ...]
 """
 from __future__ import annotations
 
@@ -136,7 +136,12 @@ def _add_publish(sub):
     p = sub.add_parser("publish", help="copy a trained model and its measured metrics to a folder")
     p.add_argument("--model", required=True, type=Path)
     p.add_argument("--dest", required=True, type=Path)
-    p.add_argument("--metrics", nargs="*", default=[], metavar="NAME=SUMMARY.json", help="evaluation summaries")
+    p.add_argument("--metrics", nargs="*", default=[], metavar="NAME=SUMMARY.json",
+                   help="evaluation summaries of this very model (refused when a summary names another model)")
+    p.add_argument("--reference", nargs="*", default=[], metavar="NAME=SUMMARY.json",
+                   help="evaluation summaries of OTHER models, for comparison: stored apart, under reference_metrics")
+    p.add_argument("--reference-note", default="", metavar="TEXT",
+                   help="what the reference models are (e.g. how they differ from this one), stored with each")
     p.add_argument("--tflite", type=Path, default=None, help="an exported .tflite to publish as DEST.tflite")
     p.add_argument("--tflite-metrics", nargs="*", default=[], metavar="NAME=SUMMARY.json",
                    help="the .tflite's own evaluation summaries, embedded in its metadata")
@@ -356,7 +361,7 @@ def _summaries(items: list[str]) -> dict:
 def cmd_publish(args) -> int:
     from asr.checkpoint import publish_model
 
-    dest = publish_model(args.model, args.dest, _summaries(args.metrics))
+    dest = publish_model(args.model, args.dest, _summaries(args.metrics), _summaries(args.reference), args.reference_note)
     print(f"published {args.model} -> {dest}")
     if args.tflite:
         from export.metadata import publish_tflite

@@ -1,9 +1,15 @@
 """Scoring: WER and CER with jiwer, written to files like icefall's decode.py.
 
+``score(references, hypotheses)`` is the one scoring rule, for ``asr evaluate`` and for the dev
+WER during training alike: both sides are normalized with ``asr.text.normalize_text`` (the
+references from the transcripts as written, out-of-vocabulary characters included; the
+hypotheses, already normalized text, only lose stray spaces and quotes) and then counted.
+
 ``evaluate`` writes into out_dir:
     hyps.tsv       id, reference, hypothesis (normalized text), one utterance per line
     errors.txt     per utterance: word errors, and the alignment of each one with errors
-    summary.json   WER, CER, substitutions/deletions/insertions, counts, model, manifest
+    summary.json   WER, CER, substitutions/deletions/insertions, counts, model (as given),
+                   model_path (resolved: what publishing checks metrics against), manifest
     wer.txt        the same summary, one line, human-readable
 """
 from __future__ import annotations
@@ -53,6 +59,21 @@ def error_rates(refs: list[str], hyps: list[str]) -> dict:
     }
 
 
+def score(references: list[str], hypotheses: list[str]) -> dict:
+    """``error_rates`` of the normalized pairs: ``references`` are transcripts as written (a
+    manifest's text), ``hypotheses`` recognized text; both go through ``normalize_text``, the
+    normalization of training. Equal lengths required (ValueError otherwise)."""
+    refs, hyps = normalized_pairs(references, hypotheses)
+    return error_rates(refs, hyps)
+
+
+def normalized_pairs(references: list[str], hypotheses: list[str]) -> tuple[list[str], list[str]]:
+    """(references, hypotheses), each normalized with ``normalize_text``, as ``score`` counts them."""
+    if len(references) != len(hypotheses):
+        raise ValueError(f"{len(references)} references but {len(hypotheses)} hypotheses")
+    return [normalize_text(r) for r in references], [normalize_text(h) for h in hypotheses]
+
+
 def utterance_errors(ref: str, hyp: str) -> tuple[int, str]:
     """(word errors, jiwer alignment text) of one pair."""
     import jiwer
@@ -66,9 +87,12 @@ def utterance_errors(ref: str, hyp: str) -> tuple[int, str]:
 
 
 def write_results(out_dir, ids, refs, hyps, failures: list[str], info: dict) -> dict:
-    """Write hyps.tsv, errors.txt, summary.json and wer.txt; return the summary."""
+    """Write hyps.tsv, errors.txt, summary.json and wer.txt; return the summary. ``refs`` are
+    transcripts as written and ``hyps`` recognized text: scored by ``score``, and written
+    normalized as ``score`` counted them."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    refs, hyps = normalized_pairs(refs, hyps)
     rates = error_rates(refs, hyps)
     with open(out_dir / "hyps.tsv", "w", encoding="utf-8") as f:
         f.write("id\treference\thypothesis\n")
@@ -109,9 +133,9 @@ def evaluate(model, manifest, out_dir, batch_size: int = 32) -> dict:
             failures.append(f"{utt.id}: {res.error}")
             continue
         ids.append(utt.id)
-        refs.append(normalize_text(utt.text))
+        refs.append(utt.text)
         hyps.append(res.text)
-    info = {"model": str(model), "manifest": str(manifest)}
+    info = {"model": str(model), "model_path": str(Path(model).resolve()), "manifest": str(manifest)}
     return write_results(out_dir, ids, refs, hyps, failures, info)
 
 

@@ -2,7 +2,18 @@
 
 Normalization, applied to every transcript before training and scoring:
 - Unicode NFKD, accents stripped ("café" -> "cafe"), lower case;
-- digits are spelled out one by one ("42" -> "four two"), never dropped;
+- numbers are read as words (``numbers="words"``, the default, used by training and scoring
+  alike), with num2words' English: cardinals ("42" -> "forty two", "1,000" -> "one thousand",
+  "105" -> "one hundred and five": num2words' "and" is kept, as most readers say it), ordinals
+  ("1st" -> "first", "22nd" -> "twenty second"), decimals ("3.5" -> "three point five", the
+  digits after the point one by one), currency ("$1,000" -> "one thousand dollars", "$5.50" ->
+  "five dollars fifty cents"; also euros and pounds), percent ("50%" -> "fifty percent") and years
+  (a plain four-digit number from 1100 to 1999: "1999" -> "nineteen ninety nine", "1900" ->
+  "nineteen hundred"; 2000 on are cardinals: "2024" -> "two thousand and twenty four").
+  A digit string with a leading zero ("007") or of more than MAX_CARDINAL_DIGITS digits without
+  separators (phone and account numbers) is read digit by digit ("0800" -> "zero eight zero
+  zero"), and ``numbers="digits"`` reads every digit so. Hyphens and commas of num2words' output
+  become spaces like all punctuation. Digits are never dropped;
 - apostrophes inside words are kept ("don't"), all other punctuation and symbols become a space;
 - letters of other scripts are kept, so that training can count and report them;
 - runs of whitespace collapse to one space, and the ends are trimmed.
@@ -13,8 +24,8 @@ The vocabulary is one of two kinds (``Vocabulary.kind``):
   serialized SentencePiece model travels with the vocabulary, so that any machine holding a
   config can encode training text exactly as the model was built for.
 The text of a sequence of output ids (repeats collapsed, blanks dropped) is ``join_symbols``:
-characters are concatenated as they are; BPE pieces are concatenated, the word boundary "▁"
-becomes a space, runs of spaces collapse to one and the ends are trimmed.
+the symbols are concatenated (for BPE the word boundary "▁" becoming a space), then runs of spaces
+collapse to one and the ends are trimmed, so the text of any output is normalized text.
 Characters the vocabulary cannot spell are skipped by ``Vocabulary.encode``, which counts them.
 """
 from __future__ import annotations
@@ -31,6 +42,21 @@ from typing import Iterable
 BLANK = "<blank>"
 DEFAULT_CHARS = " abcdefghijklmnopqrstuvwxyz'"  # 28 symbols; the blank is index 0 in front of them
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+NUMBER_READINGS = ("words", "digits")  # normalize_text(numbers=...): numbers as words, or digit by digit
+MAX_CARDINAL_DIGITS = 6  # a longer plain digit string ("5551234") is read digit by digit
+YEARS = range(1100, 2000)  # plain four-digit numbers read as years: "1999" -> "nineteen ninety nine"
+# currency sign -> (unit, units, hundredth, hundredths)
+CURRENCIES = MappingProxyType({
+    "$": ("dollar", "dollars", "cent", "cents"),
+    "€": ("euro", "euros", "cent", "cents"),
+    "£": ("pound", "pounds", "penny", "pence"),
+})
+# a number: an optional currency sign, digits (thousands separated by commas, or plain), an optional
+# decimal part, then an optional ordinal suffix or percent sign
+_NUMBER = re.compile(
+    r"(?P<currency>[$€£]\s?)?(?P<integer>\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.(?P<fraction>\d+))?"
+    r"(?:(?P<ordinal>st|nd|rd|th)(?![a-z])|(?P<percent>\s?%))?"
+)
 TOKENIZERS = ("chars", "bpe")  # the values of Vocabulary.kind (and of the .tflite's decoding.tokenizer)
 WORD_BOUNDARY = "\u2581"  # "▁": SentencePiece's mark of a word start; it decodes to a space
 DERIVED_KEYS = ("kind", "symbols")  # written by Vocabulary.to_dict for readers, recomputed on load
@@ -40,16 +66,23 @@ _ASCII_TO_SPACE = MappingProxyType(
 )
 
 
-def normalize_text(text: str) -> str:
-    """Apply the normalization described in the module docstring. ASCII text (most corpora)
-    takes a path four times faster with the same result: NFKD and accent stripping change no
-    ASCII character, and the only ASCII letters left after lower-casing are a-z."""
+def normalize_text(text: str, numbers: str = "words") -> str:
+    """Apply the normalization described in the module docstring; ``numbers`` is "words" (the
+    default: cardinals, ordinals, currency, ...) or "digits" (every digit a word of its own).
+    ASCII text (most corpora) takes a path four times faster with the same result: NFKD and
+    accent stripping change no ASCII character, and the only ASCII letters left after
+    lower-casing are a-z."""
+    if numbers not in NUMBER_READINGS:
+        raise ValueError(f"numbers must be one of {', '.join(NUMBER_READINGS)}, got {numbers!r}")
     ascii_only = text.isascii()
     if not ascii_only:
         text = unicodedata.normalize("NFKD", text)
         text = "".join(c for c in text if not unicodedata.combining(c))
     text = text.lower().replace("\u2019", "'").replace("`", "'")
-    text = re.sub(r"\d", lambda m: f" {DIGIT_WORDS[int(m.group())]} ", text)
+    if numbers == "digits":
+        text = re.sub(r"\d", lambda m: f" {DIGIT_WORDS[int(m.group())]} ", text)
+    else:
+        text = _NUMBER.sub(lambda m: f" {_number_words(m)} ", text)
     if "'" in text:
         text = re.sub(r"(?<![a-z])'|'(?![a-z])", " ", text)  # quotes, not apostrophes inside words
     if ascii_only:
@@ -59,16 +92,61 @@ def normalize_text(text: str) -> str:
     return " ".join(text.split())
 
 
-def join_symbols(symbols: Iterable[str], word_boundary: str | None = None) -> str:
-    """Text of one utterance's output symbols (repeats already collapsed, blanks dropped).
+def _digits(digits: str) -> str:
+    """"0800" -> "zero eight zero zero"."""
+    return " ".join(DIGIT_WORDS[int(d)] for d in digits)
 
-    Without ``word_boundary`` (characters) the symbols are concatenated as they are. With it
-    (BPE pieces) the concatenation has each ``word_boundary`` replaced by a space, then runs of
-    spaces collapsed to one and the ends trimmed. asr.runtime applies this to .tflite outputs."""
+
+def _read_as_digits(integer: str) -> bool:
+    """Whether a written integer is read digit by digit: no thousands commas, and a leading
+    zero or more than MAX_CARDINAL_DIGITS digits."""
+    return "," not in integer and ((len(integer) > 1 and integer[0] == "0") or len(integer) > MAX_CARDINAL_DIGITS)
+
+
+def _cardinal(integer: str) -> str:
+    """Words of a written non-negative integer (thousands commas allowed)."""
+    from num2words import num2words
+
+    return _digits(integer) if _read_as_digits(integer) else num2words(int(integer.replace(",", "")), lang="en")
+
+
+def _number_words(m: re.Match) -> str:
+    """Words of one _NUMBER match (their hyphens and commas are removed by normalize_text)."""
+    from num2words import num2words
+
+    integer, fraction, ordinal = m.group("integer"), m.group("fraction"), m.group("ordinal")
+    plain = integer.replace(",", "")
+    sign = (m.group("currency") or "").strip()
+    unit = units = ""
+    if sign:
+        unit, units, cent, cents = CURRENCIES[sign]
+        if fraction is None or len(fraction) <= 2:  # an amount: units and hundredths
+            amount, hundredths = int(plain), int((fraction or "0").ljust(2, "0"))
+            words = [f"{_cardinal(integer)} {unit if amount == 1 else units}"] if amount or not hundredths else []
+            if hundredths:
+                words.append(f"{num2words(hundredths, lang='en')} {cent if hundredths == 1 else cents}")
+            return " ".join(words)
+    if fraction is not None:
+        words = f"{_cardinal(integer)} point {_digits(fraction)}"
+    elif ordinal and not _read_as_digits(integer):
+        words, ordinal = num2words(int(plain), lang="en", to="ordinal"), None
+    elif "," not in integer and len(plain) == 4 and int(plain) in YEARS:
+        words = num2words(int(plain), lang="en", to="year")
+    else:
+        words = _cardinal(integer)
+    tail = [units if sign else "", "percent" if m.group("percent") else "", ordinal or ""]
+    return " ".join([words] + [t for t in tail if t])
+
+
+def join_symbols(symbols: Iterable[str], word_boundary: str | None = None) -> str:
+    """Text of one utterance's output symbols (repeats already collapsed, blanks dropped): the
+    symbols concatenated, each ``word_boundary`` (BPE pieces; None for characters) replaced by a
+    space, then runs of spaces collapsed to one and the ends trimmed. asr.runtime applies this
+    to .tflite outputs, whatever rule text the file's metadata states."""
     text = "".join(symbols)
-    if word_boundary is None:
-        return text
-    return " ".join(word for word in text.replace(word_boundary, " ").split(" ") if word)
+    if word_boundary is not None:
+        text = text.replace(word_boundary, " ")
+    return " ".join(word for word in text.split(" ") if word)
 
 
 def _sentencepiece(proto: bytes):

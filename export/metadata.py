@@ -19,9 +19,11 @@ METADATA_NAME = "asr_metadata"
 METADATA_VERSION = 2  # 2: decoding.tokenizer, decoding.text (and word_boundary for BPE); 1 had none (= chars)
 INPUT_NAME = "pcm"  # float32 [num_samples], 16 kHz, [-1, 1]
 OUTPUT_NAME = "log_probs"  # float32 [num_frames, vocab_size]
-# decoding.text, the rule asr.text.join_symbols applies to the kept symbols, per tokenizer
+# decoding.text, the rule asr.text.join_symbols applies to the kept symbols, per tokenizer. Files
+# exported before spaces were collapsed for characters say "concatenate the symbols"; asr.runtime
+# applies join_symbols to them all the same, so their text is clean too.
 TEXT_RULES = MappingProxyType({
-    "chars": "concatenate the symbols",
+    "chars": "concatenate the symbols, collapse runs of spaces, trim",
     "bpe": "concatenate the symbols, replace each word_boundary with a space, collapse runs of spaces, trim",
 })
 
@@ -94,18 +96,22 @@ def embed(tflite: bytes, metadata: dict) -> bytes:
     return bytes(builder.Output())
 
 
-def publish_tflite(src, dest, metrics: dict):
+def publish_tflite(src, dest, metrics: dict, references: dict | None = None, reference_note: str = ""):
     """Copy ``src`` to ``dest`` (atomically) with ``metrics`` (name -> evaluation summary of
-    this very file) in its metadata."""
+    this very file, checked by asr.checkpoint.own_metrics) in its metadata, and ``references``
+    (summaries of other models) apart under "reference_metrics"."""
     import os
     from pathlib import Path
 
-    from asr.checkpoint import metric_summary
+    from asr.checkpoint import REFERENCE_KEY, own_metrics, reference_metrics
     from asr.runtime import read_metadata
 
     src, dest = Path(src), Path(dest)
     metadata = read_metadata(src)
-    metadata["metrics"] = metric_summary(metrics)
+    metadata["metrics"] = own_metrics(metrics, src)
+    metadata.pop(REFERENCE_KEY, None)
+    if references:
+        metadata[REFERENCE_KEY] = reference_metrics(references, src, reference_note)
     tmp = dest.with_name(f".{dest.name}.tmp")
     tmp.write_bytes(embed(src.read_bytes(), metadata))
     os.replace(tmp, dest)

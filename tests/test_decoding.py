@@ -107,3 +107,46 @@ def test_log_softmax_is_stable_for_huge_scores():
 def test_log_softmax_other_axis(rng):
     x = rng.standard_normal((4, 6))
     np.testing.assert_allclose(np.exp(log_softmax(x, axis=0)).sum(axis=0), 1.0, rtol=1e-5)
+
+
+# ------------------------------------------------------------------ text of a character model
+
+
+def _scores_for(text: str, vocab) -> np.ndarray:
+    """Scores whose greedy path spells ``text`` exactly (a blank after every symbol)."""
+    path = [i for c in text for i in (vocab.symbols.index(c), vocab.blank)]
+    return one_hot_scores(path, vocab.size)
+
+
+@pytest.mark.parametrize("decoding_extra", [
+    {},  # metadata version 1: no tokenizer, no text rule
+    {"tokenizer": "chars", "text": "concatenate the symbols"},  # version 2 files exported before the fix
+])
+def test_runtime_text_of_any_character_file_has_no_stray_spaces(decoding_extra):
+    """Leading, trailing and doubled spaces would reach the CLI and count as CER insertions; a
+    .tflite exported earlier, whatever rule text it carries, gets clean text too."""
+    from asr.runtime import decode_text, decoding_rule
+    from asr.text import Vocabulary
+
+    vocab = Vocabulary()
+    meta = {"decoding": {"blank_index": 0, "vocabulary": vocab.symbols, **decoding_extra}}
+    blank, symbols, boundary = decoding_rule(meta)
+    assert decode_text(_scores_for("  one   two ", vocab), symbols, blank, boundary) == "one two"
+    assert decode_text(_scores_for(" ", vocab), symbols, blank, boundary) == ""
+
+
+def test_keras_decoding_of_a_character_model_has_no_stray_spaces():
+    from asr.decoding import greedy_decode_batch
+    from asr.text import Vocabulary
+
+    vocab = Vocabulary()
+    scores = _scores_for(" seven  three ", vocab)
+    ids = greedy_decode_batch(scores[None], np.array([len(scores)]), vocab.blank)[0]
+    assert vocab.decode(ids) == "seven three"
+
+
+def test_exported_text_rule_describes_the_character_decoding():
+    from asr.text import Vocabulary
+    from export.metadata import decoding_metadata
+
+    assert decoding_metadata(Vocabulary())["text"] == "concatenate the symbols, collapse runs of spaces, trim"

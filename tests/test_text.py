@@ -29,12 +29,12 @@ from asr.text import BLANK, DEFAULT_CHARS, WORD_BOUNDARY, Vocabulary, join_symbo
         ("'quoted'", "quoted"),
         ("the dogs' bone", "the dogs bone"),
         ("' lonely '", "lonely"),
-        # digits are spelled out one by one, never dropped
-        ("42", "four two"),
-        ("room 101", "room one zero one"),
+        # numbers are read as words, never dropped
+        ("42", "forty two"),
+        ("room 101", "room one hundred and one"),
         ("abc1def", "abc one def"),
         ("0", "zero"),
-        ("3.5", "three five"),
+        ("3.5", "three point five"),
         # accents stripped
         ("Café Noël", "cafe noel"),
         ("naïve résumé", "naive resume"),
@@ -48,6 +48,58 @@ from asr.text import BLANK, DEFAULT_CHARS, WORD_BOUNDARY, Vocabulary, join_symbo
 )
 def test_normalize_text(raw, expected):
     assert normalize_text(raw) == expected
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        # cardinals: num2words' English, its hyphens and commas become spaces
+        ("$1,000.", "one thousand dollars"),
+        ("1,000", "one thousand"),
+        ("10,000 people", "ten thousand people"),
+        ("105", "one hundred and five"),
+        ("1,234,567", "one million two hundred and thirty four thousand five hundred and sixty seven"),
+        # ordinals
+        ("1st", "first"),
+        ("the 22nd of May", "the twenty second of may"),
+        ("3rd 4th 101st", "third fourth one hundred and first"),
+        ("1,000,000th", "one millionth"),
+        # currency
+        ("$5.50", "five dollars fifty cents"),
+        ("$1", "one dollar"),
+        ("$0.01", "one cent"),
+        ("it costs $ 20.", "it costs twenty dollars"),
+        ("\u00a33.20", "three pounds twenty pence"),
+        ("\u20ac10", "ten euros"),
+        # decimals: the digits after the point one by one
+        ("3.14", "three point one four"),
+        ("0.5", "zero point five"),
+        # percent
+        ("50%", "fifty percent"),
+        ("3.5 %", "three point five percent"),
+        # plain four-digit numbers 1100-1999 are years; later ones cardinals
+        ("1999", "nineteen ninety nine"),
+        ("in 1905", "in nineteen oh five"),
+        ("2024", "two thousand and twenty four"),
+        # a leading zero or more than MAX_CARDINAL_DIGITS plain digits: digit by digit
+        ("007", "zero zero seven"),
+        ("call 5551234", "call five five five one two three four"),
+        ("0800 123", "zero eight zero zero one hundred and twenty three"),
+    ],
+)
+def test_numbers_are_read_as_words(raw, expected):
+    assert normalize_text(raw) == expected
+
+
+def test_digit_reading_spells_every_digit():
+    """numbers="digits": the reading of spoken digit sequences, one word per digit."""
+    from asr.text import MAX_CARDINAL_DIGITS
+
+    assert normalize_text("42", numbers="digits") == "four two"
+    assert normalize_text("$1,000.50 1st", numbers="digits") == "one zero zero zero five zero one st"
+    assert MAX_CARDINAL_DIGITS == 6
+    with pytest.raises(ValueError, match="numbers must be one of words, digits"):
+        normalize_text("1", numbers="roman")
 
 
 def _random_raw(rnd: random.Random) -> str:
@@ -64,10 +116,11 @@ def test_normalized_text_uses_only_vocabulary_characters_and_is_idempotent():
         assert set(text) <= allowed, (raw, text)
         assert text == text.strip() and "  " not in text
         assert normalize_text(text) == text, raw
-        # the number of spelled-out digits matches the digits in the input
+        # read digit by digit, the number of spelled-out digits matches the digits in the input
         digits = sum(c.isdigit() for c in raw)
-        words = text.split()
+        words = normalize_text(raw, numbers="digits").split()
         assert sum(w in {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"} for w in words) >= digits
+        assert normalize_text(normalize_text(raw, numbers="digits")) == normalize_text(raw, numbers="digits")
 
 
 def test_ascii_fast_path_equals_the_general_path():
@@ -125,7 +178,7 @@ def test_unknown_characters_are_counted_and_skipped():
     vocab = Vocabulary()
     unknown = Counter()
     ids = vocab.encode("héllo, wörld! 42", unknown)
-    assert vocab.decode(ids) == "hllo wrld "
+    assert vocab.decode(ids) == "hllo wrld"
     assert unknown == Counter({"é": 1, "ö": 1, ",": 1, "!": 1, "4": 1, "2": 1})
     # counts accumulate across calls
     vocab.encode("é", unknown)
@@ -164,10 +217,13 @@ def test_character_vocabulary_kind_and_dict_forms():
     assert Vocabulary.from_dict({}) == vocab and Vocabulary.from_dict({"blank": 3}) == Vocabulary(blank=3)
 
 
-def test_character_decode_keeps_spaces_as_they_are():
-    """Characters decode exactly as before BPE existed: no collapsing or trimming of spaces."""
+def test_character_decode_collapses_and_trims_spaces():
+    """Leading, trailing and doubled spaces of the output would reach the CLI and count as CER
+    insertions: character text is trimmed and its runs of spaces collapsed, as for BPE."""
     vocab = Vocabulary()
-    assert vocab.decode(vocab.encode(" one  two ")) == " one  two "
+    assert vocab.decode(vocab.encode(" one  two ")) == "one two"
+    assert vocab.decode(vocab.encode("   ")) == ""
+    assert vocab.decode(vocab.encode("seven")) == "seven"
 
 
 @pytest.mark.parametrize(
@@ -190,7 +246,9 @@ def test_bad_vocabulary_dicts_are_rejected(d, message):
     "symbols, boundary, expected",
     [
         (["h", "i", " ", "y", "o", "u"], None, "hi you"),
-        ([" ", "a", " ", " "], None, " a  "),  # characters: as they are
+        ([" ", "a", " ", " "], None, "a"),  # characters: collapsed and trimmed too
+        (["a", " ", " ", " ", "b"], None, "a b"),
+        ([" "], None, ""),
         (["\u2581he", "llo", "\u2581wor", "ld"], WORD_BOUNDARY, "hello world"),
         (["\u2581", "\u2581he", "\u2581", "\u2581", "\u2581x", "\u2581"], WORD_BOUNDARY, "he x"),  # collapsed, trimmed
         (["he", "llo"], WORD_BOUNDARY, "hello"),  # no boundary at the start

@@ -1,0 +1,72 @@
+"""asr.evaluation: one scoring rule (``score``) for ``asr evaluate`` and the dev WER of training,
+references normalized from the transcripts as written."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from asr.manifest import Utterance, write_manifest
+
+
+def test_score_normalizes_the_references_as_written():
+    from asr.evaluation import score
+
+    rates = score(["Hello, World! It's $5.", "The 2nd of 3"], ["hello world it's five dollars", "the second of three"])
+    assert rates["wer"] == 0.0 and rates["cer"] == 0.0
+    assert rates["words"] == 9
+
+
+def test_score_counts_characters_the_vocabulary_cannot_spell():
+    """A reference's out-of-vocabulary word is an error the model made, not text to drop: decoding
+    the reference back from label ids (which skip it) would score this pair as perfect."""
+    from asr.evaluation import score
+
+    rates = score(["caf\u00e9 \u65e5\u672c"], ["cafe"])
+    assert rates["words"] == 2 and rates["deletions"] == 1 and rates["wer"] == 0.5
+
+
+def test_score_ignores_stray_spaces_of_hypotheses():
+    from asr.evaluation import score
+
+    clean = score(["one two three"], ["one two tree"])
+    assert score(["one two three"], ["  one  two tree "]) == clean
+    assert clean["substitutions"] == 1 and clean["insertions"] == 0
+
+
+def test_score_refuses_unequal_lengths():
+    from asr.evaluation import score
+
+    with pytest.raises(ValueError, match="2 references but 1 hypotheses"):
+        score(["a", "b"], ["a"])
+
+
+def test_written_results_are_scored_on_normalized_references(tmp_path):
+    from asr.evaluation import write_results
+
+    summary = write_results(tmp_path, ["u1", "u2"], ["Seven, EIGHT!", "It costs $20."],
+                            ["seven eight", "it costs twenty dollars "], [], {"model": "m"})
+    assert summary["wer"] == 0.0 and summary["insertions"] == 0 and summary["words"] == 6
+    rows = (tmp_path / "hyps.tsv").read_text(encoding="utf-8").splitlines()
+    assert rows[1:] == ["u1\tseven eight\tseven eight", "u2\tit costs twenty dollars\tit costs twenty dollars"]
+
+
+def test_evaluate_scores_manifest_text_and_records_the_model_path(tmp_path, monkeypatch):
+    import asr.transcription
+    from asr.evaluation import evaluate
+
+    manifest = tmp_path / "test.jsonl"
+    write_manifest(manifest, [
+        Utterance("a", str(tmp_path / "a.wav"), 1.0, "Room 101, please.", "s"),
+        Utterance("b", str(tmp_path / "b.wav"), 1.0, "caf\u00e9 \u65e5\u672c", "s"),
+    ])
+    texts = {str(tmp_path / "a.wav"): " room one hundred and one  please", str(tmp_path / "b.wav"): "cafe"}
+    recognizer = SimpleNamespace(transcribe_files=lambda paths, batch_size: [
+        SimpleNamespace(error=None, text=texts[p]) for p in paths])
+    monkeypatch.setattr(asr.transcription, "load_recognizer", lambda model: recognizer)
+    monkeypatch.chdir(tmp_path)
+    summary = evaluate("exp/model", manifest, tmp_path / "eval")
+    assert summary["words"] == 8 and summary["word_errors"] == 1 and summary["deletions"] == 1
+    assert summary["model"] == "exp/model" and summary["model_path"] == str((tmp_path / "exp" / "model").resolve())
+    assert json.loads((tmp_path / "eval" / "summary.json").read_text())["wer"] == summary["wer"]
