@@ -5,7 +5,7 @@
         [--epochs 3] [--techniques finetune prune cluster qat] [--work DIR] [--cache-dir DIR]
         [--out benchmarks/results/tfmot.json]
 
-Fine-tunes the model with each technique (export/optimize.py) for --epochs passes over the
+Fine-tunes the model with each technique (tfmot_sparsity.py, tfmot_quantization.py) for --epochs passes over the
 train, train_connected and train_nonspeech manifests, then exports:
     baseline   dynamic (export_model), int8 as export_model makes it (frontend quantized too),
                int8 with the frontend kept float (export_int8): post-training quantization
@@ -47,7 +47,7 @@ def keras_rates(model_dir, test_examples: dict) -> dict:
     """{set: {"wer", "cer"}} of the Keras model (greedy) on cached test features."""
     from asr.checkpoint import load_model_dir
     from asr.dataset import make_dataset
-    from export.optimize import dev_error_rates
+    from benchmarks.tfmot_finetuning import dev_error_rates
 
     config, stats, _, net = load_model_dir(model_dir)
     return {name: dev_error_rates(net, config, make_dataset(ex, config.features, stats, config.training, train=False))
@@ -75,7 +75,7 @@ def size_of(path: Path) -> dict:
 def export_all(model_dir, work: Path, name: str, modes, calibration, test_audio) -> dict:
     """Export ``model_dir`` in each of ``modes`` and score every file."""
     from export.convert import export_model
-    from export.optimize import export_int8
+    from benchmarks.tfmot_quantization import export_int8
 
     out = {}
     for mode in modes:
@@ -125,8 +125,8 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     parser.add_argument("--techniques", nargs="+", default=["finetune", "prune", "cluster", "qat"],
                         choices=["finetune", "prune", "cluster", "qat"], help="finetune: the control")
-    parser.add_argument("--sparsity", type=float, default=None, help="pruning target (default: optimize.PRUNE_SPARSITY)")
-    parser.add_argument("--clusters", type=int, default=None, help="clusters per kernel (default: optimize.CLUSTERS)")
+    parser.add_argument("--sparsity", type=float, default=None, help="pruning target (default: tfmot_sparsity.PRUNE_SPARSITY)")
+    parser.add_argument("--clusters", type=int, default=None, help="clusters per kernel (default: tfmot_sparsity.CLUSTERS)")
     parser.add_argument("--work", type=Path, default=None, help="keep model dirs and .tflite files here (default: temp)")
     parser.add_argument("--cache-dir", type=Path, default=Path(tempfile.gettempdir()) / "tfmot-cache",
                         help="log-mel feature cache, reused across runs")
@@ -139,10 +139,10 @@ def main() -> int:
     from asr.manifest import read_manifest
     from asr.report import machine
     from asr.text import normalize_text
-    from export import optimize
+    from benchmarks import tfmot_finetuning, tfmot_quantization, tfmot_sparsity
 
-    sparsity = args.sparsity or optimize.PRUNE_SPARSITY
-    clusters = args.clusters or optimize.CLUSTERS
+    sparsity = args.sparsity or tfmot_sparsity.PRUNE_SPARSITY
+    clusters = args.clusters or tfmot_sparsity.CLUSTERS
     temp = None if args.work else tempfile.TemporaryDirectory()
     work = args.work or Path(temp.name)
     work.mkdir(parents=True, exist_ok=True)
@@ -178,13 +178,13 @@ def main() -> int:
                              test_audio),
     }
     runs = {
-        "finetune": ("finetuned", lambda out: optimize.finetune_only(args.model, train, dev, out, args.epochs,
+        "finetune": ("finetuned", lambda out: tfmot_finetuning.finetune_only(args.model, train, dev, out, args.epochs,
                                                                      args.cache_dir), ("dynamic", "int8_float_frontend")),
-        "prune": ("pruned", lambda out: optimize.prune(args.model, train, dev, out, sparsity, args.epochs, args.cache_dir),
+        "prune": ("pruned", lambda out: tfmot_sparsity.prune(args.model, train, dev, out, sparsity, args.epochs, args.cache_dir),
                   ("dynamic", "int8_float_frontend")),
-        "cluster": ("clustered", lambda out: optimize.cluster(args.model, train, dev, out, clusters, args.epochs,
+        "cluster": ("clustered", lambda out: tfmot_sparsity.cluster(args.model, train, dev, out, clusters, args.epochs,
                                                               args.cache_dir), ("dynamic", "int8_float_frontend")),
-        "qat": ("qat", lambda out: optimize.qat(args.model, train, dev, out, args.epochs, args.cache_dir),
+        "qat": ("qat", lambda out: tfmot_quantization.qat(args.model, train, dev, out, args.epochs, args.cache_dir),
                 ("int8_float_frontend",)),
     }
     for technique in args.techniques:
@@ -196,9 +196,9 @@ def main() -> int:
         entry = {"model_dir": str(model_dir), "finetune_seconds": opt["seconds"],
                  "finetune_cpu_seconds": opt["cpu_seconds"], "optimization": opt}
         if technique == "prune":
-            entry["sparsity_per_kernel"] = optimize.sparsity_report(net)
+            entry["sparsity_per_kernel"] = tfmot_sparsity.sparsity_report(net)
         if technique == "cluster":
-            entry["unique_values_per_kernel"] = optimize.unique_values(net)
+            entry["unique_values_per_kernel"] = tfmot_sparsity.unique_values(net)
         entry["keras"] = keras_rates(model_dir, test_examples)
         entry["tflite"] = export_all(model_dir, work, name, modes, calibration, test_audio)
         report["variants"][name] = entry

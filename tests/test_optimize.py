@@ -1,5 +1,5 @@
-"""tfmot optimization (export/optimize.py) on a tiny model: the Bidirectional PrunableLayer,
-real sparsity after stripping, clustered kernels, QAT int8 export, and that optimized model
+"""tfmot optimization (benchmarks/tfmot_*.py, the code of benchmarks/tfmot.py) on a tiny model:
+the Bidirectional PrunableLayer, real sparsity after stripping, clustered kernels, QAT int8 export, and that optimized model
 directories still export to builtin-only .tflite files."""
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def test_prunable_bidirectional_makes_prune_low_magnitude_accept_the_model(tiny_
     import tf_keras as keras
 
     from asr.checkpoint import load_model_dir
-    from export.optimize import prunable_bidirectional_class, prune_schedule, prune_wrap
+    from benchmarks.tfmot_sparsity import prunable_bidirectional_class, prune_schedule, prune_wrap
 
     _, _, _, net = load_model_dir(tiny_model_dir)
     with pytest.raises(ValueError):  # what the wrapper is for
@@ -73,7 +73,7 @@ def test_prunable_bidirectional_makes_prune_low_magnitude_accept_the_model(tiny_
 def test_pruned_model_is_sparse_and_exports_builtin_only(tiny_model_dir, manifests, cache, tmp_path):
     from asr.checkpoint import load_model_dir, read_model_meta
     from export.convert import export_model
-    from export.optimize import prune, sparsity_report
+    from benchmarks.tfmot_sparsity import prune, sparsity_report
 
     train, _ = manifests
     out = prune(tiny_model_dir, [train], [], tmp_path / "pruned", sparsity=0.5, epochs=1, cache_dir=cache)
@@ -93,7 +93,7 @@ def test_pruned_model_is_sparse_and_exports_builtin_only(tiny_model_dir, manifes
 
 def test_clustered_kernels_have_at_most_n_values(tiny_model_dir, manifests, cache, tmp_path):
     from asr.checkpoint import load_model_dir
-    from export.optimize import cluster, unique_values
+    from benchmarks.tfmot_sparsity import cluster, unique_values
 
     train, _ = manifests
     out = cluster(tiny_model_dir, [train], [], tmp_path / "clustered", clusters=8, epochs=1, cache_dir=cache)
@@ -110,7 +110,7 @@ def test_clustered_kernels_have_at_most_n_values(tiny_model_dir, manifests, cach
 def test_qat_model_dir_exports_full_int8_with_float_frontend(tiny_model_dir, manifests, cache, tmp_path):
     from asr.checkpoint import load_model_dir
     from asr.runtime import TFLiteModel, read_metadata
-    from export.optimize import QAT_WEIGHTS, export_int8, qat
+    from benchmarks.tfmot_quantization import QAT_WEIGHTS, export_int8, qat
 
     train, dev = manifests
     out = qat(tiny_model_dir, [train], [dev], tmp_path / "qat", epochs=1, cache_dir=cache)
