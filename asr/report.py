@@ -1,8 +1,10 @@
 """Results tables from a recipe's experiment folder: ``python -m asr.report EXP_DIR``.
 
-Reads ``EXP_DIR/<model>/eval/<test set>/summary.json`` and ``EXP_DIR/<model>/train.log`` and
-prints a Markdown table: one row per (model, test set) with WER, CER and word counts, then
-the training time of each model.
+Reads ``EXP_DIR/<experiment>/eval*/<test set>/summary.json`` (eval/ of the Keras model,
+eval-tflite/ of its export, ...) and ``EXP_DIR/<experiment>/train.log`` and prints a Markdown
+table: one row per (experiment, evaluation, test set) with WER, CER, word counts and the model
+that was evaluated, as its summary records it (a row is never labelled with another model than
+the one measured), then the training time of each experiment.
 """
 from __future__ import annotations
 
@@ -29,14 +31,13 @@ def machine() -> str:
 
 def results_table(exp_dir) -> str:
     exp_dir = Path(exp_dir)
-    rows = ["| model | test set | WER | CER | words | utterances |", "|---|---|---|---|---|---|"]
-    for summary in sorted(exp_dir.glob("*/eval/*/summary.json")):
+    rows = ["| experiment | test set | WER | CER | words | utterances | model evaluated |", "|---|---|---|---|---|---|---|"]
+    for summary in sorted(exp_dir.glob("*/eval*/*/summary.json")):
         s = json.loads(summary.read_text())
-        model, test = summary.parts[-4], summary.parts[-2]
-        rows.append(
-            f"| {model} | {test} | {100 * s['wer']:.2f}% | {100 * s['cer']:.2f}% | {s['words']} | {s['utterances']} |"
-        )
-    lines = ["\n".join(rows), "", "| model | epochs | best epoch | training time | train audio |", "|---|---|---|---|---|"]
+        experiment, test = summary.parts[-4], summary.parts[-2]
+        rows.append(f"| {experiment} | {test} | {100 * s['wer']:.2f}% | {100 * s['cer']:.2f}% | {s['words']} | "
+                    f"{s['utterances']} | {s.get('model', 'not recorded')} |")
+    lines = ["\n".join(rows), "", "| experiment | epochs | best epoch | training time | train audio |", "|---|---|---|---|---|"]
     for log in sorted(exp_dir.glob("*/train.log")):
         epochs = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
         if not epochs:
@@ -50,21 +51,22 @@ def results_table(exp_dir) -> str:
 
 
 def eval_table(eval_dir, sets=None, title: str = "Results", notes=()) -> str:
-    """Markdown: a title, one row per test set (WER, CER, words, utterances) read from
-    ``eval_dir/<set>/summary.json``, then ``notes`` and the machine. ``sets`` fixes the rows
-    and their order (default: every folder with a summary); a set with no summary gets a row
-    saying it was not measured."""
+    """Markdown: a title, one row per test set (WER, CER, words, utterances, the model its
+    summary says was evaluated) read from ``eval_dir/<set>/summary.json``, then ``notes`` and
+    the machine. ``sets`` fixes the rows and their order (default: every folder with a
+    summary); a set with no summary gets a row saying it was not measured."""
     eval_dir = Path(eval_dir)
     if sets is None:
         sets = sorted(p.parent.name for p in eval_dir.glob("*/summary.json"))
-    rows = [f"# {title}", "", "| test set | WER | CER | words | utterances |", "|---|---|---|---|---|"]
+    rows = [f"# {title}", "", "| test set | WER | CER | words | utterances | model evaluated |", "|---|---|---|---|---|---|"]
     for name in sets:
         path = eval_dir / name / "summary.json"
         if not path.is_file():
-            rows.append(f"| {name} | not measured | not measured | | |")
+            rows.append(f"| {name} | not measured | not measured | | | |")
             continue
         s = json.loads(path.read_text())
-        rows.append(f"| {name} | {100 * s['wer']:.2f}% | {100 * s['cer']:.2f}% | {s['words']} | {s['utterances']} |")
+        rows.append(f"| {name} | {100 * s['wer']:.2f}% | {100 * s['cer']:.2f}% | {s['words']} | {s['utterances']} | "
+                    f"{s.get('model', 'not recorded')} |")
     rows += [""] + [f"{n}" for n in notes] + ([""] if notes else []) + [f"Machine: {machine()}.", ""]
     return "\n".join(rows)
 

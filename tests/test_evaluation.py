@@ -70,3 +70,28 @@ def test_evaluate_scores_manifest_text_and_records_the_model_path(tmp_path, monk
     assert summary["words"] == 8 and summary["word_errors"] == 1 and summary["deletions"] == 1
     assert summary["model"] == "exp/model" and summary["model_path"] == str((tmp_path / "exp" / "model").resolve())
     assert json.loads((tmp_path / "eval" / "summary.json").read_text())["wer"] == summary["wer"]
+
+
+def _write_summary(folder, model, wer):
+    from asr.evaluation import write_results
+
+    refs = ["one two three four"]
+    hyps = ["one two three four" if wer == 0 else "one two three"]
+    return write_results(folder, ["u"], refs, hyps, [], {"model": model, "manifest": "test.jsonl"})
+
+
+def test_results_tables_name_the_model_each_row_was_measured_on(tmp_path):
+    """Rows are labelled by the model their summary records: the Keras model and its .tflite
+    are told apart, and a row never passes for another model's."""
+    from asr.report import eval_table, results_table
+
+    _write_summary(tmp_path / "split" / "eval" / "test", "exp/split/model", 0)
+    _write_summary(tmp_path / "split" / "eval-tflite" / "test", "exp/split/model.tflite", 0.25)
+    _write_summary(tmp_path / "heldout" / "eval" / "test", "exp/heldout/model", 0.25)
+    rows = results_table(tmp_path).splitlines()
+    assert "| split | test | 0.00% | 0.00% | 4 | 1 | exp/split/model |" in rows
+    assert "| split | test | 25.00% | 27.78% | 4 | 1 | exp/split/model.tflite |" in rows
+    assert "| heldout | test | 25.00% | 27.78% | 4 | 1 | exp/heldout/model |" in rows
+    table = eval_table(tmp_path / "split" / "eval", ["test", "missing"]).splitlines()
+    assert "| test | 0.00% | 0.00% | 4 | 1 | exp/split/model |" in table
+    assert "| missing | not measured | not measured | | | |" in table
