@@ -15,6 +15,13 @@ import soundfile as sf
 import soxr
 
 SAMPLE_RATE = 16000  # Hz; every model in this project consumes 16 kHz audio
+# Data-chunk lengths that streaming writers put in a WAV header when the length is not known
+# yet (a pipe, a recording still running): libsndfile reads such a file to its end.
+STREAMING_DATA_LENGTHS = frozenset({
+    0xFFFFFFFF,  # -1 as unsigned: sox, ffmpeg and the RF64 convention
+    0x7FFFFFFF,  # the largest signed 32-bit length: ffmpeg and others writing to a pipe
+    0x7FFFF000,  # 2 GiB - 4 KiB, page-aligned: arecord (alsa-utils) and others
+})
 AUDIO_EXTENSIONS = frozenset(
     ".wav .flac .ogg .oga .opus .mp3 .aiff .aif .aifc .au .snd .caf .w64 .rf64 .sph .nist .voc".split()
 )
@@ -25,7 +32,8 @@ class AudioError(ValueError):
 
 
 def _check_riff_length(path: Path) -> None:
-    """Raise AudioError if a RIFF/WAVE file's data chunk claims more bytes than the file holds."""
+    """Raise AudioError if a RIFF/WAVE file's data chunk claims more bytes than the file holds,
+    unless the claim is one of STREAMING_DATA_LENGTHS (then libsndfile reads to the end)."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(12)
@@ -38,7 +46,7 @@ def _check_riff_length(path: Path) -> None:
             cid, clen = chunk[:4], struct.unpack("<I", chunk[4:])[0]
             if cid == b"data":
                 have = size - f.tell()
-                if clen != 0xFFFFFFFF and clen > have:
+                if clen not in STREAMING_DATA_LENGTHS and clen > have:
                     raise AudioError(
                         f"truncated WAV: the header declares {clen} bytes of audio, the file holds {have}"
                     )
@@ -77,11 +85,24 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
         raise AudioError("contains no samples")
     if not np.isfinite(data).all():
         raise AudioError("contains NaN or infinite samples")
-    audio = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+    audio = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+    del data
     if rate != sample_rate:
         audio = soxr.resample(audio, rate, sample_rate, quality="HQ")
     # Float files may exceed full scale, and resampling overshoots near it: keep [-1, 1].
-    return np.ascontiguousarray(np.clip(audio, -1.0, 1.0), dtype=np.float32)
+    # In place: an hour at 16 kHz is 230 MB, and this array is ours.
+    audio = np.ascontiguousarray(audio, dtype=np.float32)
+    return np.clip(audio, -1.0, 1.0, out=audio)
+
+
+def audio_seconds(path: str | os.PathLike) -> float:
+    """Duration that ``path``'s header declares, in seconds; 0.0 when it cannot be read (the
+    reason is for ``load_audio`` to report)."""
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, OSError):
+        return 0.0
+    return info.frames / info.samplerate if 0 < info.frames < 2**62 and info.samplerate > 0 else 0.0
 
 
 def _reason(err: Exception) -> str:

@@ -257,6 +257,53 @@ def test_failure_messages_are_distinct(tmp_path):
     assert len(set(messages)) == len(messages), messages
 
 
+# ---------------------------------------------------------------- streamed WAV headers
+
+
+def wav_with_data_length(path: Path, signal: np.ndarray, data_length: int, riff_length: int | None = None,
+                         keep_bytes: int | None = None) -> Path:
+    """A 16-bit WAV of ``signal`` whose data chunk header declares ``data_length`` bytes (and
+    the RIFF header ``riff_length``), cut to ``keep_bytes`` bytes of audio when given."""
+    import io
+    import struct
+
+    buf = io.BytesIO()
+    sf.write(buf, signal, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    data = bytearray(buf.getvalue())
+    at = data.index(b"data")
+    data[at + 4 : at + 8] = struct.pack("<I", data_length)
+    if riff_length is not None:
+        data[4:8] = struct.pack("<I", riff_length)
+    if keep_bytes is not None:
+        data = data[: at + 8 + keep_bytes]
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("placeholder", [0xFFFFFFFF, 0x7FFFFFFF, 0x7FFFF000], ids=hex)
+@pytest.mark.parametrize("riff_length", [None, 0xFFFFFFFF], ids=["riff-exact", "riff-unknown"])
+def test_streamed_wav_with_a_placeholder_length_reads_to_the_end(tmp_path, placeholder, riff_length):
+    """Writers that stream (to a pipe, or while recording) put a placeholder in the data length;
+    libsndfile reads such a file to its end, and so must load_audio."""
+    signal = sine(SAMPLE_RATE, 0.5)
+    path = wav_with_data_length(tmp_path / "streamed.wav", signal, placeholder, riff_length)
+    np.testing.assert_allclose(load_audio(path), signal, atol=1 / 32768)
+
+
+@pytest.mark.parametrize("declared", [2 * 8000 * 2, 0x7FFFF000 - 2, 0x40000000], ids=["double", "near-placeholder", "1GiB"])
+def test_a_data_length_beyond_the_file_that_is_no_placeholder_is_truncation(tmp_path, declared):
+    signal = sine(SAMPLE_RATE, 0.5)  # 8000 samples, 16000 bytes
+    path = wav_with_data_length(tmp_path / "cut.wav", signal, declared)
+    with pytest.raises(AudioError, match="truncated WAV: the header declares"):
+        load_audio(path)
+
+
+def test_truncated_wav_with_an_exact_length_is_still_refused(tmp_path):
+    path = wav_with_data_length(tmp_path / "cut.wav", sine(SAMPLE_RATE, 0.5), 16000, keep_bytes=6000)
+    with pytest.raises(AudioError, match="truncated"):
+        load_audio(path)
+
+
 # ---------------------------------------------------------------- real recordings
 
 
