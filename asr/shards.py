@@ -2,7 +2,7 @@
 
 For corpora whose features do not fit in memory (LibriSpeech 960 h: 110 GB of float32 log-mels).
 ``write_shards`` computes the un-normalized log-mels of every utterance of some manifests, in
-parallel processes, into sharded TFRecord files; ``asr.dataset.open_data`` streams a shard
+parallel processes, into sharded TFRecord files; ``asr.data.open_data`` streams a shard
 folder (give the folder where a manifest would go).
 
     python -m asr.shards --config models/configs/x.yaml --out data/shards/train data/manifests/train*.jsonl

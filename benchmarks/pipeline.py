@@ -5,7 +5,7 @@
 Data: the LibriSpeech sample utterances (../shared/data/librispeech-sample, 5 FLAC files at
 16 kHz, 2-10 s), each listed ``--copies`` times under distinct ids (so the files are decoded from
 the page cache, as a corpus on a fast local disk would be after its first epoch).
-Modes (asr.dataset.open_data, training data, the default TrainConfig: speed factors 0.9/1.0/1.1,
+Modes (asr.data.open_data, training data, the default TrainConfig: speed factors 0.9/1.0/1.1,
 SpecAugment 2+2 masks, utterance normalization, batch_frames 12000, max_batch_size 64):
 - stream-tf: audio decoded with soundfile in tf.numpy_function, log-mels by log_mel_graph (TF ops)
 - stream-numpy: audio decoded and log-mels by librosa, both in tf.numpy_function
@@ -57,7 +57,7 @@ def measure(mode: str, cores: int, data: Path, passes: int, batch_frames: int, m
     os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:cores]))
     os.environ["OMP_NUM_THREADS"] = os.environ["OPENBLAS_NUM_THREADS"] = str(cores)
     import asr  # noqa: F401
-    import asr.dataset as dataset
+    from asr.data import open_data
     from asr.config import load_config
 
     import tensorflow as tf
@@ -65,10 +65,10 @@ def measure(mode: str, cores: int, data: Path, passes: int, batch_frames: int, m
     tf.config.threading.set_intra_op_parallelism_threads(cores)
     tf.config.threading.set_inter_op_parallelism_threads(cores)
     pipeline = "memory" if mode == "memory" else "stream"
-    dataset.STREAM_FEATURES = "numpy" if mode == "stream-numpy" else "tf"
     config = load_config(None, [f"training.pipeline={pipeline}"])
     t0 = time.perf_counter()
-    source = dataset.open_data([data], config, train=True, cache_dir=cache)
+    features = "numpy" if mode == "stream-numpy" else "tf"
+    source = open_data([data], config, train=True, cache_dir=cache, stream_features=features)
     open_s = time.perf_counter() - t0
     options = tf.data.Options()
     options.threading.private_threadpool_size = cores
@@ -181,7 +181,7 @@ def main() -> int:
                    "normalization": "utterance", "features": "80 log-mels, 25 ms / 10 ms", "passes": args.passes,
                    "figure": "original audio seconds of one full pass / wall seconds of that pass, best of passes 2..N"},
         "shards": shards,
-        "stream_features_default": "tf (asr.dataset.STREAM_FEATURES): compare stream-tf with stream-numpy",
+        "stream_features_default": "tf (open_data(stream_features=...)): compare stream-tf with stream-numpy",
         "runs": runs,
     }
     out = Path(args.out)
@@ -219,7 +219,7 @@ def markdown(r: dict) -> str:
         "",
         "stream-tf computes the log-mels with TF ops in tf.data's C++ threads; stream-numpy runs librosa in "
         "tf.numpy_function, which holds the GIL, so it does not gain from a second core. stream-tf is the "
-        "default (asr.dataset.STREAM_FEATURES). Memory runs a Python generator (also GIL-bound).",
+        "default (open_data's stream_features). Memory runs a Python generator (also GIL-bound).",
         "",
         f"Shards: written with {s['workers']} processes at {s['write_audio_seconds_per_second']:.0f} audio s/s "
         "(start-up of the processes included); "

@@ -46,7 +46,7 @@ TFLITE_THREADS = 1
 def keras_rates(model_dir, test_examples: dict) -> dict:
     """{set: {"wer", "cer"}} of the Keras model (greedy) on cached test features."""
     from asr.checkpoint import load_model_dir
-    from asr.dataset import make_dataset
+    from asr.data import make_dataset
     from benchmarks.tfmot_finetuning import dev_error_rates
 
     config, stats, _, net = load_model_dir(model_dir)
@@ -135,7 +135,7 @@ def main() -> int:
 
     from asr.audio import load_audio
     from asr.checkpoint import load_model_dir, read_model_meta
-    from asr.dataset import load_examples
+    from asr.data import load_examples
     from asr.manifest import read_manifest
     from asr.report import machine
     from asr.text import normalize_text

@@ -34,10 +34,10 @@ class OptimizeError(ValueError):
 
 
 def load_finetune_data(config, stats, train_manifests, dev_manifests, cache_dir=None) -> dict:
-    """Datasets for fine-tuning: {"train": endless tf.data of padded batches (asr.dataset),
+    """Datasets for fine-tuning: {"train": endless tf.data of padded batches (asr.data),
     "steps": batches per pass, "dev": one-pass dataset or None, "train_hours": float}.
     ``stats`` are the model's own normalization statistics (never recomputed)."""
-    from asr.dataset import bucket_plan, estimate_steps, load_examples, make_dataset
+    from asr.data import bucket_plan, estimate_steps, load_examples, make_dataset
 
     spec, vocab, tc = config.features, config.vocabulary, config.training
     cache = Path(cache_dir) if cache_dir else None

@@ -3,7 +3,7 @@
     input  "pcm"        float32 [num_samples], 16 kHz, [-1, 1], any length (resize per call)
     output "log_probs"  float32 [num_frames, vocab_size], num_frames = output_length(1 + n // hop)
 
-The graph is the in-graph frontend (export/frontend.py) followed by the network built without
+The graph is the in-graph frontend (asr/frontend.py) followed by the network built without
 the lengths input (asr.model.build_model(with_lengths=False)), whose fused LSTMs convert to
 UNIDIRECTIONAL_SEQUENCE_LSTM builtins. Quantization modes:
     float32  no quantization
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 import asr  # noqa: F401
-from export.frontend import log_mel_graph
+from asr.frontend import log_mel_graph
 from export.metadata import INPUT_NAME, OUTPUT_NAME, build_metadata, embed
 
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")

@@ -1,4 +1,4 @@
-"""asr.dataset.open_data: memory, stream and shard pipelines on real audio; orders, pipelines,
+"""asr.data.open_data: memory, stream and shard pipelines on real audio; orders, pipelines,
 skipped and dropped utterances."""
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def unique_shards(unique_manifest, tmp_path_factory):
 
 
 def source_of(kind, unique_manifest, unique_shards, *overrides, train=True):
-    from asr.dataset import open_data
+    from asr.data import open_data
 
     pipeline = "memory" if kind == "memory" else "stream"
     config = tiny_config(*AUGMENTED, f"training.pipeline={pipeline}", *overrides)
@@ -86,7 +86,7 @@ def source_of(kind, unique_manifest, unique_shards, *overrides, train=True):
 
 @pytest.mark.parametrize("normalization", ["utterance", "global"])
 def test_stream_features_equal_memory_features(librispeech_dir, tmp_path, normalization):
-    from asr.dataset import open_data
+    from asr.data import open_data
 
     m = write_librispeech_manifest(tmp_path / "ls.jsonl", librispeech_dir)
     sources = {p: open_data([m], tiny_config(f"features.normalization={normalization}", f"training.pipeline={p}"), train=False)
@@ -110,25 +110,35 @@ def test_stream_features_equal_memory_features(librispeech_dir, tmp_path, normal
         np.testing.assert_allclose(pair["stream"], pair["memory"], atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("kind", ["stream", "shards"])
-def test_batch_layout(kind, unique_manifest, unique_shards):
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("kind", ["memory", "stream", "shards"])
+def test_batch_layout(kind, train, unique_manifest, unique_shards):
+    """Shapes, dtypes and padding; "index" names each utterance's position in the source."""
     import tensorflow as tf
 
-    src = source_of(kind, unique_manifest, unique_shards)
+    src = source_of(kind, unique_manifest, unique_shards, train=train)
     vocab = src.config.vocabulary
+    assert len(src.texts) == len(src.ids) and sorted(src.texts) == [letters(i) for i in range(20)]
+    if kind != "shards":  # manifest order (shards: record order, by length)
+        assert src.texts == [letters(i) for i in range(20)]
     batch_frames, seen = 2500, set()
     for batch in src.dataset(None, batch_frames, 4, seed=5).take(12):
-        assert set(batch) == {"features", "feature_lengths", "labels", "label_lengths"}
+        assert set(batch) == {"features", "feature_lengths", "labels", "label_lengths", "index"}
         feats, lengths = batch["features"], batch["feature_lengths"].numpy()
         labels, label_lengths = batch["labels"].numpy(), batch["label_lengths"].numpy()
         assert feats.dtype == tf.float32 and feats.shape[2] == 40 and feats.shape[1] == lengths.max()
         assert batch["feature_lengths"].dtype == tf.int32 and batch["labels"].dtype == tf.int32
-        assert batch["label_lengths"].dtype == tf.int32
+        assert batch["label_lengths"].dtype == tf.int32 and batch["index"].dtype == tf.int32
         assert feats.shape[0] * feats.shape[1] <= batch_frames or feats.shape[0] == 1
         f = feats.numpy()
         for i, n in enumerate(lengths):
             assert not f[i, n:].any() and f[i, :n].any()  # zero past each length only
             assert not labels[i, label_lengths[i]:].any() and (labels[i, : label_lengths[i]] > 0).all()
+        index = batch["index"].numpy()
+        assert index.shape == lengths.shape
+        assert texts_of(batch, vocab) == [src.texts[i] for i in index]
+        if not train:  # not speed-perturbed: the source's frames
+            assert lengths.tolist() == src.frames[index].tolist()
         seen.update(texts_of(batch, vocab))
     assert seen <= {letters(i) for i in range(20)} and len(seen) > 10
 
@@ -165,12 +175,24 @@ def test_pass_orders_differ_and_are_reproducible(kind, unique_manifest, unique_s
     assert [t for t, _ in other_seed] != pass0
 
 
-@pytest.mark.parametrize("kind", ["memory", "stream", "shards"])
+@pytest.fixture(scope="module")
+def one_shard(unique_manifest, tmp_path_factory):
+    """The 20 utterances in a single shard file: fewer files than two pipelines."""
+    from asr.shards import write_shards
+
+    out = tmp_path_factory.mktemp("shards") / "one"
+    write_shards([unique_manifest], tiny_config(*AUGMENTED).features, out, utterances_per_shard=20, workers=1)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["memory", "stream", "one-shard"])
 @pytest.mark.parametrize("sortagrad", [False, True])
-def test_two_pipelines_partition_each_pass(kind, sortagrad, unique_manifest, unique_shards):
+def test_two_pipelines_partition_each_pass(kind, sortagrad, unique_manifest, one_shard):
     """Pipeline k gets positions i % 2 == k of the single pipeline's order, with the same
-    features (speed factor and masks do not depend on the pipeline)."""
-    src = source_of(kind, unique_manifest, unique_shards, f"training.sortagrad={str(sortagrad).lower()}")
+    features (speed factor and masks do not depend on the pipeline). For a shard folder, when
+    it has fewer files than pipelines (with more, they share it by files: next test)."""
+    src = source_of("shards" if kind == "one-shard" else kind, unique_manifest, one_shard,
+                    f"training.sortagrad={str(sortagrad).lower()}")
     vocab, n = src.config.vocabulary, src.num_utterances
     single = take_utterances(src.dataset(None, 2500, 1, seed=11), 2 * n, vocab)
     parts = [take_utterances(src.dataset(None, 2500, 1, seed=11, num_pipelines=2, pipeline_id=k), n, vocab)
@@ -187,11 +209,52 @@ def test_two_pipelines_partition_each_pass(kind, sortagrad, unique_manifest, uni
             np.testing.assert_array_equal(got_feats, feats)
 
 
+@pytest.mark.parametrize("sortagrad", [False, True])
+def test_two_pipelines_share_a_shard_folder_by_files(sortagrad, unique_manifest, unique_shards):
+    """7 shard files, 2 pipelines: each pipeline reads only its own files (the utterances it
+    yields come from shards the other never yields), together every utterance exactly once per
+    pass, with the same features as a single pipeline gives them; the shortest-first pass is in
+    order within each pipeline."""
+    from asr.shards import read_index
+
+    src = source_of("shards", unique_manifest, unique_shards, f"training.sortagrad={str(sortagrad).lower()}")
+    vocab, n = src.config.vocabulary, src.num_utterances
+    cols = read_index(unique_shards)["utterances"]
+    shard_of = dict(zip(cols["text"], cols["shard"]))
+    streams = [src.dataset(None, 2500, 1, seed=11, num_pipelines=2, pipeline_id=k) for k in range(2)]
+    heads = [take_utterances(ds, 6, vocab) for ds in streams]  # every share holds >= 8 records
+    assert not {shard_of[t] for t, _ in heads[0]} & {shard_of[t] for t, _ in heads[1]}
+
+    single = {}  # (pass, text) -> features of the single pipeline
+    whole = take_utterances(src.dataset(None, 2500, 1, seed=11), 2 * n, vocab)
+    for i, (t, f) in enumerate(whole):
+        single[i // n, t] = f
+    part = src.parts[0]
+    plans = [[part.pass_plan("sorted" if sortagrad and p == 0 else "shuffled", p, 11, 0, 2, k) for p in range(2)]
+             for k in range(2)]
+    got = [take_utterances(streams[k], sum(plan[2] for plan in plans[k]), vocab) for k in range(2)]
+    for p in range(2):
+        texts = []
+        for k in range(2):
+            start = sum(plan[2] for plan in plans[k][:p])
+            mine = got[k][start : start + plans[k][p][2]]
+            files = set(plans[k][p][0].tolist())
+            assert {shard_of[t] for t, _ in mine} <= files
+            texts.append([t for t, _ in mine])
+            for t, f in mine:
+                np.testing.assert_array_equal(f, single[p, t])
+            if sortagrad and p == 0:
+                lengths = [f.shape[0] for _, f in mine]
+                assert lengths == sorted(lengths)
+        assert set(plans[0][p][0].tolist()).isdisjoint(plans[1][p][0].tolist())
+        assert sorted(texts[0] + texts[1]) == [letters(i) for i in range(n)]  # each exactly once
+
+
 @pytest.mark.parametrize("pipeline", ["memory", "stream"])
 def test_manifests_and_shard_folders_together(pipeline, librispeech_dir, unique_shards, tmp_path):
     """One source over a manifest and a shard folder: the sorted pass merged in order, then
     shuffled passes with every utterance once, two pipelines partitioning the evaluation pass."""
-    from asr.dataset import open_data
+    from asr.data import open_data
 
     m = write_librispeech_manifest(tmp_path / "more.jsonl", librispeech_dir, 2)  # real transcripts, other texts
     config = tiny_config(*AUGMENTED, f"training.pipeline={pipeline}", "training.sortagrad=true")
@@ -215,7 +278,7 @@ def test_manifests_and_shard_folders_together(pipeline, librispeech_dir, unique_
 
 def test_memory_source_matches_make_dataset(fsdd_dir, tmp_path):
     """sortagrad off, one pipeline: the memory source gives make_dataset's batches exactly."""
-    from asr.dataset import load_examples, make_dataset, open_data
+    from asr.data import load_examples, make_dataset, open_data
 
     m = write_fsdd_manifest(tmp_path / "f.jsonl", fsdd_dir, [f"{d}_jackson_0" for d in range(5)], copies=2)
     config = tiny_config(*AUGMENTED, "features.normalization=global")
@@ -235,7 +298,7 @@ def test_memory_source_matches_make_dataset(fsdd_dir, tmp_path):
 
 
 def test_unreadable_audio_is_skipped_while_streaming_and_reported(librispeech_dir, tmp_path, caplog):
-    from asr.dataset import open_data
+    from asr.data import open_data
     from asr.manifest import Utterance
 
     bad = tmp_path / "broken.flac"
@@ -245,7 +308,7 @@ def test_unreadable_audio_is_skipped_while_streaming_and_reported(librispeech_di
     config = tiny_config(*AUGMENTED, "training.pipeline=stream")
     src = open_data([m], config, train=True)
     assert src.num_utterances == 6  # known only when read
-    with caplog.at_level(logging.WARNING, logger="asr.dataset"):
+    with caplog.at_level(logging.WARNING, logger="asr.data.stream"):
         texts = []
         for batch in src.dataset(None, 2500, 1, seed=1).take(10):  # two passes of the 5 readable ones
             texts += texts_of(batch, config.vocabulary)
@@ -261,7 +324,7 @@ def test_unreadable_audio_is_skipped_while_streaming_and_reported(librispeech_di
 
 @pytest.mark.parametrize("kind", ["stream", "shards"])
 def test_labels_too_long_for_their_audio_are_dropped(kind, librispeech_dir, tmp_path):
-    from asr.dataset import open_data
+    from asr.data import open_data
     from asr.manifest import Utterance
     from asr.model import output_length
     from asr.shards import write_shards

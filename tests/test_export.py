@@ -136,7 +136,7 @@ def test_frontend_matches_librosa_on_real_speech(clips_dir, fsdd_dir, normalizat
     from asr.audio import load_audio
     from asr.config import load_config
     from asr.features import compute_global_stats, log_mel
-    from export.frontend import log_mel_graph, reference_log_mel
+    from asr.frontend import log_mel_graph, reference_log_mel
 
     spec = load_config(REPO_ROOT / "models" / "configs" / "fsdd.yaml").features
     spec = dataclasses.replace(spec, normalization=normalization)
@@ -261,7 +261,7 @@ def test_export_interrupted_mid_write_leaves_the_existing_file_untouched(tiny_mo
 @pytest.mark.parametrize("fmax, n_mels", [(4000, 80), (None, 80), (None, 40)])
 def test_mel_blocks_rebuild_the_matrix_and_stay_below_the_quantization_threshold(fmax, n_mels):
     from asr.features import FeatureSpec
-    from export.frontend import UNQUANTIZED_MAX_ELEMENTS, mel_groups
+    from asr.frontend import UNQUANTIZED_MAX_ELEMENTS, mel_groups
 
     matrix = FeatureSpec(fmax=fmax, n_mels=n_mels).mel_matrix()
     rebuilt = np.zeros_like(matrix)

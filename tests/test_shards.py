@@ -116,7 +116,7 @@ def test_killed_run_resumes_with_each_utterance_once(manifest, tmp_path):
 
 def test_mismatched_folder_is_refused(manifest, librispeech_dir, tmp_path):
     from asr.config import load_config
-    from asr.dataset import open_data
+    from asr.data import open_data
     from asr.manifest import read_manifest
     from asr.shards import ShardError, write_shards
 
@@ -137,7 +137,7 @@ def test_mismatched_folder_is_refused(manifest, librispeech_dir, tmp_path):
 @pytest.mark.parametrize("max_duration", [None, 9.0])
 def test_global_stats_from_shards_equal_memory(manifest, tmp_path, max_duration):
     """From the stored sums; with a max_duration the utterances left out are subtracted."""
-    from asr.dataset import open_data
+    from asr.data import open_data
     from asr.shards import write_shards
 
     overrides = [*SMALL, "features.normalization=global"]
@@ -155,7 +155,7 @@ def test_global_stats_from_shards_equal_memory(manifest, tmp_path, max_duration)
 
 
 def test_unreadable_audio_is_reported_not_fatal(manifest, tmp_path):
-    from asr.dataset import open_data
+    from asr.data import open_data
     from asr.manifest import Utterance, read_manifest, write_manifest
     from asr.shards import write_shards
 

@@ -146,7 +146,7 @@ def test_missing_audio_error_names_the_manifest_line(fsdd_dir, tmp_path):
 
 
 def _load(manifest, fsdd_dir):
-    from asr.dataset import load_examples
+    from asr.data import load_examples
 
     config = tiny_config()
     return load_examples([manifest], config.features, config.vocabulary)

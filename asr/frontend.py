@@ -1,5 +1,7 @@
-"""The log-mel frontend as TensorFlow ops, built from the same ``FeatureSpec`` as the librosa
-pipeline (asr.features); every op converts to a TFLite builtin.
+"""The log-mel frontend as TensorFlow ops: the same ``FeatureSpec`` as the librosa pipeline
+(asr.features), implemented a second time so that it runs inside tf.data (the "stream" data
+pipeline, asr.data) and inside the exported .tflite graph (export/convert.py). Every op converts
+to a TFLite builtin.
 
     pcm      float32 [num_samples], 16 kHz, in [-1, 1]
     returns  float32 [num_frames, n_mels], num_frames = 1 + num_samples // hop_length
