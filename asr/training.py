@@ -336,7 +336,7 @@ def train(
 
 
 def _open(paths, config, train: bool, cache):
-    from asr.dataset import open_data
+    from asr.data import open_data
 
     name = "train" if train else "dev"
     source = open_data(paths, config, train=train, cache_dir=cache)
