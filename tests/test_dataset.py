@@ -342,3 +342,82 @@ def test_labels_too_long_for_their_audio_are_dropped(kind, librispeech_dir, tmp_
     assert "dropped 1 utterance(s) whose label cannot fit" in "\n".join(src.report_lines("train"))
     for batch in src.dataset(None, 2500, 8).take(3):
         assert (output_length(batch["feature_lengths"].numpy()) >= batch["label_lengths"].numpy()).all()
+
+
+# ------------------------------------------------------------------------- feature cache
+
+
+def _cached_features(manifest, cache):
+    from asr.data import load_examples
+
+    config = tiny_config()
+    examples, _ = load_examples([manifest], config.features, config.vocabulary, (1.0,), cache)
+    return examples
+
+
+def test_regenerated_audio_at_the_same_path_gets_new_features(fsdd_dir, tmp_path):
+    """Audio rewritten at the same path (as `asr prepare fsdd --seed 1` into the same folder
+    does) with another text: the cached log-mels of the old audio are not reused."""
+    import shutil
+
+    from asr.audio import load_audio
+    from asr.features import log_mel
+
+    wav = tmp_path / "audio" / "0_utt_0.wav"
+    wav.parent.mkdir()
+    shutil.copy(fsdd_dir / "3_jackson_0.wav", wav)
+    first = _cached_features(write_fsdd_manifest(tmp_path / "m.jsonl", tmp_path / "audio", ["0_utt_0"], text="three"),
+                             tmp_path / "cache")
+    shutil.copy(fsdd_dir / "7_george_1.wav", wav)  # new audio, same path and id
+    again = _cached_features(write_fsdd_manifest(tmp_path / "m.jsonl", tmp_path / "audio", ["0_utt_0"], text="seven"),
+                             tmp_path / "cache")
+    np.testing.assert_array_equal(first[0].feats[0], log_mel(load_audio(fsdd_dir / "3_jackson_0.wav"), tiny_config().features))
+    np.testing.assert_array_equal(again[0].feats[0], log_mel(load_audio(fsdd_dir / "7_george_1.wav"), tiny_config().features))
+    assert again[0].text == "seven"
+
+
+def test_cache_disagreeing_with_the_durations_is_recomputed(fsdd_dir, tmp_path, caplog):
+    """A cache file under the right name whose frame counts do not fit the manifest durations
+    (audio replaced with its size and mtime kept, say) is recomputed, with a warning."""
+    from asr.data.feature_cache import cache_key, compute_features, write_cache
+    from asr.manifest import read_manifest
+
+    m = write_fsdd_manifest(tmp_path / "m.jsonl", fsdd_dir, ["3_jackson_0", "5_nicolas_1"])
+    utts, spec = read_manifest(m), tiny_config().features
+    stale = [np.zeros((3, spec.n_mels), np.float32), np.zeros((500, spec.n_mels), np.float32)]
+    write_cache(tmp_path / f"feats-{cache_key(utts, spec, 1.0)}.npz", stale, [])
+    with caplog.at_level(logging.WARNING, logger="asr.data.feature_cache"):
+        feats, errors = compute_features(utts, spec, [1.0], tmp_path)
+    assert "does not match the manifest durations" in caplog.text and not errors
+    assert [f[0].shape[0] for f in feats] == [spec.num_frames(round(u.duration * spec.sample_rate)) for u in utts]
+    again, _ = compute_features(utts, spec, [1.0], tmp_path)  # the rewritten file is used as is
+    np.testing.assert_array_equal(again[1][0], feats[1][0])
+
+
+def test_two_cache_writers_do_not_clobber_each_other(fsdd_dir, tmp_path, monkeypatch):
+    """Two processes computing the same cache file at once (several training workers sharing a
+    cache folder): the second finishes its write while the first is between writing and
+    renaming. Both succeed, the file loads, no temporary file is left."""
+    import os
+
+    from asr.data import compute_features
+    from asr.manifest import read_manifest
+
+    utts = read_manifest(write_fsdd_manifest(tmp_path / "m.jsonl", fsdd_dir, ["3_jackson_0", "5_nicolas_1"]))
+    spec, cache = tiny_config().features, tmp_path / "cache"
+    real_replace, temporaries = os.replace, []
+
+    def replace_after_the_other_writer(src, dst):
+        temporaries.append(str(src))
+        if len(temporaries) == 1:  # the other worker writes the same file meanwhile
+            compute_features(utts, spec, [1.0], cache, workers=1)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_after_the_other_writer)
+    feats, _ = compute_features(utts, spec, [1.0], cache, workers=1)
+    monkeypatch.undo()
+    assert len(temporaries) == 2 and temporaries[0] != temporaries[1]
+    assert [p.name for p in cache.iterdir()] == [p.name for p in cache.glob("feats-*.npz")] and len(list(cache.iterdir())) == 1
+    again, _ = compute_features(utts, spec, [1.0], cache, workers=1)
+    for a, b in zip(feats, again):
+        np.testing.assert_array_equal(a[0], b[0])
