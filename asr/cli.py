@@ -291,12 +291,14 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_transcribe(args) -> int:
-    from asr.transcription import expand_inputs, load_recognizer
+    from asr.transcription import default_model, default_model_note, expand_inputs, load_recognizer
 
     paths, problems = expand_inputs(args.paths)
     results = list(problems)
     if paths:
         recognizer = load_recognizer(args.model, num_threads=args.threads)
+        if args.model is None:  # once per command: the shipped model knows digits only
+            print(default_model_note(default_model(), recognizer.corpus), file=sys.stderr, flush=True)
         results += recognizer.transcribe_files(paths, batch_size=args.batch_size)
     for res in results:
         if res.error:

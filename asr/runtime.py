@@ -1,14 +1,26 @@
 """On-device runtime: run a .tflite made by ``asr export`` with ai-edge-litert and numpy.
 
-Only numpy, ai-edge-litert, asr.decoding and asr.text (standard library only) are imported
-here: no TensorFlow, no audio libraries. This is the whole inference stack an app needs (audio
-I/O aside), and it is what ``asr transcribe --model x.tflite`` runs.
+Only numpy, ai-edge-litert, asr.decoding, asr.text and asr.windows (standard library only)
+are imported here: no TensorFlow, no audio libraries. This is the whole inference stack an
+app needs (audio I/O aside), and it is what ``asr transcribe --model x.tflite`` runs.
 
     pcm        float32 [num_samples], 16 kHz, [-1, 1]
     log_probs  float32 [num_frames, vocab_size], num_frames = ceil((1 + num_samples // 160) / 4)
 
 The fused LSTM kernels keep their state in variable tensors across invoke() calls, so
 ``reset_all_variables()`` runs before every utterance.
+
+Long inputs go through the interpreter in overlapping windows (asr.windows): one pass holds
+about 1.5 MB per second of audio, so inputs over 120 s are cut into windows that keep 60 s
+(120 s with per-utterance normalization) and see 30 s more on each side, and the kept parts
+are stitched. With float weights that equals one pass; a dynamic-range int8 model quantizes
+its convolution input with one scale per pass, so each window's output depends a little on
+what else the window holds (and one whole pass on all of it), windowed or not.
+
+LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on file descriptor 2
+the first time a process allocates an interpreter, and has no Python switch for it; the
+interpreter is created and first allocated with descriptor 2 captured, and everything else
+it wrote there is written back.
 
 Text follows the metadata's "decoding" entry: greedy CTC ids, their ``vocabulary`` symbols
 joined by ``asr.text.join_symbols``; for ``tokenizer`` "bpe" its ``word_boundary`` becomes a
@@ -17,17 +29,23 @@ before BPE existed) is "chars": the symbols are concatenated as they are.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from asr.decoding import greedy_ids
 from asr.text import TOKENIZERS, WORD_BOUNDARY, join_symbols
+from asr.windows import CONTEXT_FRAMES, default_window_frames, output_frames, plan_windows
 
 METADATA_NAME = "asr_metadata"  # the Model.metadata entry written by export/metadata.py
 TFLITE_IDENTIFIER = b"TFL3"  # flatbuffer file identifier, bytes 4..8
+XNNPACK_INFO = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."  # LiteRT's start-up line
+PREPARE_SAMPLES = 16000  # 1 s: the input length the interpreter is first allocated with
 
 
 class ModelFileError(ValueError):
@@ -56,16 +74,36 @@ def read_metadata(path) -> dict:
     raise ModelFileError(f"{path}: no '{METADATA_NAME}' metadata: this .tflite was not exported by 'asr export'")
 
 
+def metadata_field(metadata: dict, keys: str, path="model"):
+    """The metadata entry at dotted ``keys`` ("input.sample_rate"); ModelFileError naming the
+    first missing key."""
+    value = metadata
+    parts = keys.split(".")
+    for i, key in enumerate(parts):
+        if not isinstance(value, dict) or key not in value:
+            raise ModelFileError(f"{path}: the metadata has no '{'.'.join(parts[: i + 1])}' entry: "
+                                 f"it is incomplete (export the model again with 'asr export')")
+        value = value[key]
+    return value
+
+
 def decoding_rule(metadata: dict, path="model") -> tuple[int, list[str], str | None]:
     """(blank index, vocabulary symbols, word boundary or None) from the metadata's "decoding"
-    entry; ModelFileError for a tokenizer this version does not know."""
-    decoding = metadata["decoding"]
+    entry; ModelFileError for a missing key or a tokenizer this version does not know."""
+    decoding = metadata_field(metadata, "decoding", path)
+    blank = metadata_field(metadata, "decoding.blank_index", path)
+    symbols = metadata_field(metadata, "decoding.vocabulary", path)
+    if not isinstance(symbols, list) or not all(isinstance(x, str) for x in symbols):
+        raise ModelFileError(f"{path}: the metadata's 'decoding.vocabulary' is not a list of strings")
+    if not isinstance(blank, int) or not 0 <= blank < len(symbols):
+        raise ModelFileError(f"{path}: the metadata's 'decoding.blank_index' ({blank!r}) is not an index "
+                             f"into the {len(symbols)} symbols of 'decoding.vocabulary'")
     tokenizer = decoding.get("tokenizer", "chars")  # absent: exported before BPE, characters
     if tokenizer not in TOKENIZERS:
         raise ModelFileError(f"{path}: unknown tokenizer {tokenizer!r} in the metadata (this asr knows "
                              f"{', '.join(TOKENIZERS)}); a newer asr exported it")
     word_boundary = decoding.get("word_boundary", WORD_BOUNDARY) if tokenizer == "bpe" else None
-    return int(decoding["blank_index"]), list(decoding["vocabulary"]), word_boundary
+    return blank, list(symbols), word_boundary
 
 
 def decode_text(log_probs: np.ndarray, symbols: list[str], blank: int, word_boundary: str | None = None) -> str:
@@ -74,37 +112,84 @@ def decode_text(log_probs: np.ndarray, symbols: list[str], blank: int, word_boun
     return join_symbols((symbols[i] for i in greedy_ids(log_probs, blank)), word_boundary)
 
 
-class TFLiteModel:
-    """One interpreter, resized per utterance: ``log_probs(pcm)`` for any length."""
+@contextlib.contextmanager
+def quiet_litert_info():
+    """Capture file descriptor 2 during the block and write back everything but XNNPACK_INFO
+    (LiteRT's C++ code writes there directly, below Python's sys.stderr)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().splitlines(keepends=True) if line.rstrip() != XNNPACK_INFO]
+            if kept:
+                os.write(2, b"".join(kept))
 
-    def __init__(self, path, num_threads: int | None = None):
+
+class TFLiteModel:
+    """One interpreter, resized per window: ``log_probs(pcm)`` for any length, in windows of
+    ``window_frames`` output frames with ``context_frames`` of context on each side (asr.windows)
+    when the input is longer than ``max_frames`` (default window + 2 * context)."""
+
+    def __init__(self, path, num_threads: int | None = None, window_frames: int | None = None,
+                 context_frames: int = CONTEXT_FRAMES, max_frames: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
 
         self.path = Path(path)
         self.metadata = read_metadata(self.path)
         self.blank, self.symbols, self.word_boundary = decoding_rule(self.metadata, self.path)
-        try:
-            self.interpreter = Interpreter(model_path=str(self.path), num_threads=num_threads or os.cpu_count())
-        except (ValueError, RuntimeError) as err:
-            raise ModelFileError(f"{self.path}: the interpreter cannot load it ({err})") from None
-        self._input = self.interpreter.get_input_details()[0]["index"]
-        self._output = self.interpreter.get_output_details()[0]["index"]
-        self._length = None
-        self.sample_rate = int(self.metadata["input"]["sample_rate"])
+        self.sample_rate = metadata_field(self.metadata, "input.sample_rate", self.path)
+        if not isinstance(self.sample_rate, int) or self.sample_rate <= 0:
+            raise ModelFileError(f"{self.path}: the metadata's 'input.sample_rate' ({self.sample_rate!r}) "
+                                 f"is not a positive integer")
+        features = self.metadata.get("features") or {}
+        self.hop = int(features.get("hop_length", 160))
+        self.window_frames = window_frames or default_window_frames(features.get("normalization"))
+        self.context_frames, self.max_frames = context_frames, max_frames
+        with quiet_litert_info():
+            try:
+                self.interpreter = Interpreter(model_path=str(self.path), num_threads=num_threads or os.cpu_count())
+                self._input = self.interpreter.get_input_details()[0]["index"]
+                self._output = self.interpreter.get_output_details()[0]["index"]
+                self._resize(PREPARE_SAMPLES)
+            except (ValueError, RuntimeError) as err:
+                raise ModelFileError(f"{self.path}: the interpreter cannot load it ({err})") from None
 
-    def log_probs(self, pcm: np.ndarray) -> np.ndarray:
-        """float32 [num_samples] -> log-probabilities [num_frames, vocab_size] (a copy)."""
-        pcm = np.ascontiguousarray(pcm, dtype=np.float32)
-        if pcm.ndim != 1 or pcm.size == 0:
-            raise ValueError(f"expected a non-empty 1-D waveform, got shape {pcm.shape}")
+    def _resize(self, num_samples: int) -> None:
+        self.interpreter.resize_tensor_input(self._input, [num_samples], strict=False)
+        self.interpreter.allocate_tensors()
+        self._length = num_samples
+
+    def _invoke(self, pcm: np.ndarray) -> np.ndarray:
+        """One pass: float32 [num_samples] -> [output_frames(num_samples), vocab_size] (a copy)."""
         if pcm.size != self._length:
-            self.interpreter.resize_tensor_input(self._input, [pcm.size], strict=False)
-            self.interpreter.allocate_tensors()
-            self._length = pcm.size
+            self._resize(pcm.size)
         self.interpreter.reset_all_variables()  # LSTM state must not leak between utterances
         self.interpreter.set_tensor(self._input, pcm)
         self.interpreter.invoke()
         return self.interpreter.get_tensor(self._output).copy()
+
+    def log_probs(self, pcm: np.ndarray) -> np.ndarray:
+        """float32 [num_samples] -> log-probabilities [num_frames, vocab_size] (a new array),
+        num_frames = ceil((1 + num_samples // hop) / 4); long inputs in windows."""
+        pcm = np.ascontiguousarray(pcm, dtype=np.float32)
+        if pcm.ndim != 1 or pcm.size == 0:
+            raise ValueError(f"expected a non-empty 1-D waveform, got shape {pcm.shape}")
+        windows = plan_windows(pcm.size, self.hop, self.window_frames, self.context_frames, self.max_frames)
+        if len(windows) == 1:
+            return self._invoke(pcm)
+        out = None
+        for w in windows:
+            rows = self._invoke(pcm[w.start : w.end])[w.skip : w.skip + w.keep]
+            if out is None:
+                out = np.empty((output_frames(pcm.size, self.hop), rows.shape[1]), np.float32)
+            out[w.first : w.first + w.keep] = rows
+        return out
 
     def decode(self, log_probs: np.ndarray) -> str:
         """Greedy CTC text of one utterance's log-probabilities [num_frames, vocab_size]."""

@@ -1,9 +1,18 @@
 """Transcription of files, directories and manifests with a trained model.
 
 ``Recognizer.transcribe_files(paths)`` returns one ``Result`` per path, in order; a file that
-cannot be read gets ``Result.error`` (one line) and never stops the others. Work is batched
-by length: features [batch, frames, n_mels] with true lengths go through the network, and
-greedy CTC decoding cuts each row at its true output length.
+cannot be read gets ``Result.error`` (one line) and never stops the others.
+
+Memory is bounded by audio duration, not file count: files are read until MAX_CHUNK_SECONDS
+of audio are in memory (their headers give the duration first), then transcribed; a longer
+file is read and transcribed alone. Inside a model, inputs longer than asr.windows.MAX_FRAMES
+output frames (120 s) go through in overlapping windows (asr.windows), so one pass never
+holds more than a window's tensors. The Keras path cuts the waveform into the same windows,
+batches the pieces by length (features [batch, frames, n_mels] with true lengths), and
+stitches each file's central parts back before greedy CTC decoding.
+
+Without --model, the first of DEFAULT_MODELS that exists is used: what a recipe published
+into models/local/ on this machine, else the model shipped in models/.
 """
 from __future__ import annotations
 
@@ -12,15 +21,21 @@ from pathlib import Path
 
 import numpy as np
 
-from asr.audio import AudioError, is_audio_path, load_audio
+from asr.audio import AudioError, audio_seconds, is_audio_path, load_audio
 from asr.decoding import greedy_ids
 from asr.features import extract
 from asr.model import output_length
+from asr.windows import CONTEXT_FRAMES, default_window_frames, output_frames, plan_windows
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
-DEFAULT_MODELS = (MODELS / "fsdd.tflite", MODELS / "fsdd")  # the shipped model: on-device file first
+LOCAL = "local"  # models/local/: where recipes publish what they train (git-ignored)
+# Without --model, relative to models/: what a recipe published on this machine first, then the
+# shipped model; the on-device file before the Keras directory.
+DEFAULT_MODELS = ("local/fsdd.tflite", "local/fsdd", "fsdd.tflite", "fsdd")
 MAX_BATCH_FRAMES = 60000  # padded input frames per batch: 10 minutes of audio
-CHUNK = 256  # files read into memory at a time
+MAX_CHUNK_SECONDS = 600.0  # audio read into memory at a time: 10 min, 38 MB as float32 at 16 kHz
+# What a model trained on each corpus recognizes, for the note on the default model.
+CORPUS_SCOPE = {"fsdd": "spoken digits (zero to nine) only", "librispeech": "read English speech"}
 
 
 @dataclass(frozen=True)
@@ -72,11 +87,12 @@ class FileTranscriber:
         raise NotImplementedError
 
     def transcribe_files(self, paths, batch_size: int = 16, progress=None) -> list[Result]:
-        """One Result per path, in order. Files are read CHUNK at a time; ``progress``
-        (optional) is called with the number of files done."""
+        """One Result per path, in order. Files are read until MAX_CHUNK_SECONDS of audio are
+        in memory, then transcribed; ``progress`` (optional) is called with the number of
+        files done after each such chunk."""
         results: list[Result] = []
-        for start in range(0, len(paths), CHUNK):
-            results += self._transcribe_chunk(paths[start : start + CHUNK], batch_size)
+        for chunk in duration_chunks(paths, self.sample_rate, MAX_CHUNK_SECONDS):
+            results += self._transcribe_chunk(chunk, batch_size)
             if progress:
                 progress(len(results))
         return results
@@ -98,15 +114,36 @@ class FileTranscriber:
         return results
 
 
-class Recognizer(FileTranscriber):
-    """A model directory loaded for inference with tf_keras; utterances are batched by length."""
+def duration_chunks(paths, sample_rate: int, max_seconds: float) -> list[list]:
+    """``paths`` in order, grouped so that each group holds at most ``max_seconds`` of audio
+    (durations from the headers; an unreadable header counts 0 s and fails at loading); a file
+    longer than ``max_seconds`` is a group of its own."""
+    chunks, current, seconds = [], [], 0.0
+    for path in paths:
+        length = audio_seconds(path)
+        if current and seconds + length > max_seconds:
+            chunks.append(current)
+            current, seconds = [], 0.0
+        current.append(path)
+        seconds += length
+    return chunks + [current] if current else chunks
 
-    def __init__(self, model_dir):
+
+class Recognizer(FileTranscriber):
+    """A model directory loaded for inference with tf_keras. Each waveform is cut into the
+    windows of asr.windows (one window up to 120 s), the pieces are batched by length, and
+    each waveform's central parts are stitched back."""
+
+    def __init__(self, model_dir, window_frames: int | None = None, context_frames: int = CONTEXT_FRAMES,
+                 max_frames: int | None = None):
         from asr.checkpoint import load_model_dir
         from asr.model import make_forward
 
         self.config, self.stats, self.meta, self.net = load_model_dir(model_dir)
         self.sample_rate = self.config.features.sample_rate
+        self.corpus = self.meta.get("corpus", "")
+        self.window_frames = window_frames or default_window_frames(self.config.features.normalization)
+        self.context_frames, self.max_frames = context_frames, max_frames
         self._forward = make_forward(self.net, self.config.features.n_mels)
 
     def features(self, audio: np.ndarray) -> np.ndarray:
@@ -122,18 +159,31 @@ class Recognizer(FileTranscriber):
         out = self._forward(batch, lengths).numpy()
         return [out[i, : output_length(n)] for i, n in enumerate(lengths)]
 
-    def transcribe_audio(self, audios: list[np.ndarray], batch_size: int = 16) -> list[str]:
-        feats = [self.features(a) for a in audios]
-        vocab = self.config.vocabulary
-        texts: list[str] = [""] * len(feats)
+    def audio_log_probs(self, audios: list[np.ndarray], batch_size: int = 16) -> list[np.ndarray]:
+        """Log-probabilities [output_frames(num_samples_i), vocab] of waveforms [num_samples_i],
+        long ones in windows."""
+        hop = self.config.features.hop_length
+        pieces = []  # (audio index, window)
+        for i, audio in enumerate(audios):
+            windows = plan_windows(audio.size, hop, self.window_frames, self.context_frames, self.max_frames)
+            pieces += [(i, w) for w in windows]
+        feats = [self.features(audios[i][w.start : w.end]) for i, w in pieces]
+        vocab_size = self.config.vocabulary.size
+        out = [np.empty((output_frames(a.size, hop), vocab_size), np.float32) for a in audios]
         for batch in length_batches([f.shape[0] for f in feats], batch_size):
-            for i, scores in zip(batch, self.log_probs([feats[i] for i in batch])):
-                texts[i] = vocab.decode(greedy_ids(scores, vocab.blank))
-        return texts
+            for k, scores in zip(batch, self.log_probs([feats[k] for k in batch])):
+                i, w = pieces[k]
+                out[i][w.first : w.first + w.keep] = scores[w.skip : w.skip + w.keep]
+        return out
+
+    def transcribe_audio(self, audios: list[np.ndarray], batch_size: int = 16) -> list[str]:
+        vocab = self.config.vocabulary
+        return [vocab.decode(greedy_ids(scores, vocab.blank)) for scores in self.audio_log_probs(audios, batch_size)]
 
 
 class TFLiteRecognizer(FileTranscriber):
-    """A .tflite from ``asr export`` (asr.runtime, no TensorFlow): one utterance per invoke."""
+    """A .tflite from ``asr export`` (asr.runtime, no TensorFlow): one utterance per invoke,
+    long ones in windows."""
 
     def __init__(self, path, num_threads: int | None = None):
         from asr.runtime import TFLiteModel
@@ -141,6 +191,7 @@ class TFLiteRecognizer(FileTranscriber):
         self.model = TFLiteModel(path, num_threads)
         self.sample_rate = self.model.sample_rate
         self.metadata = self.model.metadata
+        self.corpus = self.metadata.get("training_corpus", "")
 
     def transcribe_audio(self, audios: list[np.ndarray], batch_size: int = 16) -> list[str]:
         return [self.model.transcribe(a) for a in audios]
@@ -158,18 +209,33 @@ def length_batches(frames: list[int], batch_size: int) -> list[list[int]]:
     return batches + [current] if current else batches
 
 
-def default_model() -> Path | None:
-    """The shipped model a command uses without --model, or None when none is shipped."""
-    return next((m for m in DEFAULT_MODELS if m.exists()), None)
+def default_model(models_dir: Path = MODELS) -> Path | None:
+    """The model a command uses without --model: the first of DEFAULT_MODELS under
+    ``models_dir`` that exists (a directory counts when it holds model.json), or None."""
+    for name in DEFAULT_MODELS:
+        model = Path(models_dir) / name
+        if (model if model.suffix == ".tflite" else model / "model.json").is_file():
+            return model
+    return None
+
+
+def default_model_note(model: Path, corpus: str) -> str:
+    """One line for stderr: what the default ``model``, trained on ``corpus``, recognizes."""
+    try:
+        shown = model.relative_to(MODELS.parent)
+    except ValueError:
+        shown = model
+    scope = CORPUS_SCOPE.get(corpus, f"what it was trained on ({corpus or 'corpus not recorded'})")
+    return f"note: the default model ({shown}) recognizes {scope}; pass --model for another model"
 
 
 def load_recognizer(model=None, num_threads: int | None = None) -> FileTranscriber:
     """A recognizer for a model directory (tf_keras) or a .tflite file (ai-edge-litert, no
-    TensorFlow import). Default: the shipped FSDD model, models/fsdd.tflite, else models/fsdd."""
+    TensorFlow import). Default: ``default_model()``."""
     if model is None:
         model = default_model()
         if model is None:
-            raise FileNotFoundError(f"no shipped model in {MODELS}: run recipes/fsdd/run.sh, or pass --model")
+            raise FileNotFoundError(f"no model in {MODELS / LOCAL} or {MODELS}: run recipes/fsdd/run.sh, or pass --model")
     model = Path(model)
     if not model.exists():
         raise FileNotFoundError(f"model not found: {model}")

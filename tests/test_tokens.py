@@ -296,17 +296,30 @@ def test_runtime_decodes_character_metadata_without_the_new_keys_as_before(rng):
         assert decode_text(scores, symbols, blank, boundary) == " ".join(text.split()) == vocab.decode(greedy_ids(scores, blank))
 
 
-def test_shipped_tflite_metadata_decodes_as_characters(rng):
-    from asr.runtime import decode_text, decoding_rule, read_metadata
+def test_shipped_tflite_metadata_decodes_as_characters(rng, tmp_path):
+    """The shipped file decodes as characters, whether its metadata states the tokenizer
+    (metadata version 2) or predates it (version 1, no "tokenizer": read as chars); a file
+    made in the old layout from the shipped one decodes the same way."""
+    from asr.runtime import TFLiteModel, decode_text, decoding_rule, read_metadata
+    from export.metadata import embed
 
     if not SHIPPED_TFLITE.is_file():
         pytest.skip("the shipped .tflite is absent")
     meta = read_metadata(SHIPPED_TFLITE)
-    assert "tokenizer" not in meta["decoding"]  # exported before BPE existed
-    blank, symbols, boundary = decoding_rule(meta)
-    assert boundary is None and symbols == Vocabulary().symbols
-    scores = scores_for(Vocabulary().encode("seven  three"), blank, len(symbols), rng)
-    assert decode_text(scores, symbols, blank, boundary) == "seven three"
+    assert meta["decoding"].get("tokenizer", "chars") == "chars"
+    old = json.loads(json.dumps(meta))
+    old["metadata_version"] = 1
+    for key in ("tokenizer", "text", "word_boundary"):
+        old["decoding"].pop(key, None)
+    old_file = tmp_path / "v1.tflite"
+    old_file.write_bytes(embed(SHIPPED_TFLITE.read_bytes(), old))
+    for path, m in ((SHIPPED_TFLITE, meta), (old_file, read_metadata(old_file))):
+        blank, symbols, boundary = decoding_rule(m)
+        assert boundary is None and symbols == Vocabulary().symbols
+        scores = scores_for(Vocabulary().encode("seven  three"), blank, len(symbols), rng)
+        assert decode_text(scores, symbols, blank, boundary) == "seven three"
+        assert TFLiteModel(path, num_threads=1).decode(scores) == "seven three"
+    assert "tokenizer" not in read_metadata(old_file)["decoding"]
 
 
 def test_runtime_refuses_an_unknown_tokenizer():

@@ -2,8 +2,9 @@
 error naming it, every good one is still transcribed, the exit status is 1.
 
 Good files are real FSDD test-split digits (never trained on) rewritten in other formats, so
-the expected text is the digit word in the file name. The shipped model (models/fsdd) is used,
-as a user without --model gets it (models/fsdd.tflite, else the Keras models/fsdd).
+the expected text is the digit word in the file name. The default model is used, as a user
+without --model gets it: models/local/fsdd.tflite or models/local/fsdd when a recipe published
+one on this machine, else the shipped models/fsdd.tflite (else the Keras models/fsdd).
 """
 from __future__ import annotations
 
