@@ -134,13 +134,28 @@ def sparsity_report(net) -> dict[str, float]:
 
 
 def cluster_wrap(net, clusters: int = CLUSTERS):
-    """tfmot.clustering.keras.cluster_weights over the whole network (k-means++ centroids);
-    layers become cluster_<layer>."""
+    """tfmot.clustering.keras.cluster_weights on every Conv2D, Dense and Bidirectional layer
+    (k-means++ centroids); those layers become cluster_<layer>. Layer by layer, not on the
+    whole model: tfmot's registry does not know the model's length-masked batch norm (it has
+    nothing to cluster), and whole-model wrapping refuses unknown layers."""
     import tensorflow_model_optimization as tfmot
+    import tf_keras as keras
 
     ck = tfmot.clustering.keras
-    return ck.cluster_weights(net, number_of_clusters=clusters,
-                              cluster_centroids_init=ck.CentroidInitialization.KMEANS_PLUS_PLUS)
+    kinds = (keras.layers.Conv2D, keras.layers.Dense, keras.layers.Bidirectional)
+
+    def wrap(layer):
+        if isinstance(layer, kinds):
+            return ck.cluster_weights(layer, number_of_clusters=clusters,
+                                      cluster_centroids_init=ck.CentroidInitialization.KMEANS_PLUS_PLUS)
+        return layer.__class__.from_config(layer.get_config())
+
+    wrapped = keras.models.clone_model(net, clone_function=wrap)
+    for layer in wrapped.layers:  # clone_model makes new weights: copy the trained ones
+        source = net.get_layer(layer.name.removeprefix("cluster_"))
+        target = layer.layer if layer.name.startswith("cluster_") else layer
+        target.set_weights(source.get_weights())
+    return wrapped
 
 
 def _strip_clustering(config, wrapped):

@@ -41,7 +41,7 @@ def trained_like_model(fresh_model):
     copy_weights_by_name(fresh_model, model)
     rng = np.random.default_rng(0)
     for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
+        if isinstance(layer, keras.layers.BatchNormalization):  # the masked one too
             gamma, beta, mean, var = layer.get_weights()
             layer.set_weights(
                 [
@@ -116,6 +116,30 @@ def test_padding_does_not_leak_through_batchnorm(trained_like_model, rng, short,
     """With trained BN statistics BN(0) != 0: padded frames must be zeroed before each conv."""
     alone, padded = alone_and_padded(trained_like_model, rng, short, long)
     np.testing.assert_allclose(padded, alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("lengths, extra", [((37, 60), 40), ((5, 23), 9), ((60, 60), 100)])
+def test_training_batchnorm_statistics_ignore_padding(trained_like_model, rng, lengths, extra):
+    """In training mode the convolutions' batch statistics come from true frames only: the same
+    utterances padded to a longer batch give the same logits on their true frames (dropout off)."""
+    import dataclasses
+
+    import tensorflow as tf
+
+    model = build_model(dataclasses.replace(TINY, dropout=0.0), N_MELS, VOCAB)
+    copy_weights_by_name(trained_like_model, model)
+
+    longest = max(lengths)
+    features = rng.standard_normal((len(lengths), longest, N_MELS)).astype(np.float32)
+    for i, n in enumerate(lengths):
+        features[i, n:] = 0.0
+    padded = np.concatenate([features, np.zeros((len(lengths), extra, N_MELS), np.float32)], axis=1)
+    n = tf.constant(lengths, tf.int32)
+    short = model([tf.constant(features), n], training=True).numpy()
+    longer = model([tf.constant(padded), n], training=True).numpy()
+    for i, frames in enumerate(lengths):
+        out = output_length(frames)
+        np.testing.assert_allclose(longer[i, :out], short[i, :out], atol=1e-5)
 
 
 # ---------------------------------------------------------------- the two graphs
