@@ -91,7 +91,7 @@ class FileTranscriber:
         in memory, then transcribed; ``progress`` (optional) is called with the number of
         files done after each such chunk."""
         results: list[Result] = []
-        for chunk in duration_chunks(paths, self.sample_rate, MAX_CHUNK_SECONDS):
+        for chunk in duration_chunks(paths, MAX_CHUNK_SECONDS):
             results += self._transcribe_chunk(chunk, batch_size)
             if progress:
                 progress(len(results))
@@ -114,19 +114,20 @@ class FileTranscriber:
         return results
 
 
-def duration_chunks(paths, sample_rate: int, max_seconds: float) -> list[list]:
-    """``paths`` in order, grouped so that each group holds at most ``max_seconds`` of audio
-    (durations from the headers; an unreadable header counts 0 s and fails at loading); a file
-    longer than ``max_seconds`` is a group of its own."""
-    chunks, current, seconds = [], [], 0.0
+def duration_chunks(paths, max_seconds: float):
+    """Yield ``paths`` in order, in groups of at most ``max_seconds`` of audio (durations from
+    the headers; an unreadable header counts 0 s and fails at loading); a file longer than
+    ``max_seconds`` is a group of its own."""
+    current, seconds = [], 0.0
     for path in paths:
         length = audio_seconds(path)
         if current and seconds + length > max_seconds:
-            chunks.append(current)
+            yield current
             current, seconds = [], 0.0
         current.append(path)
         seconds += length
-    return chunks + [current] if current else chunks
+    if current:
+        yield current
 
 
 class Recognizer(FileTranscriber):
