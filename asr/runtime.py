@@ -40,7 +40,7 @@ import numpy as np
 
 from asr.decoding import greedy_ids
 from asr.text import TOKENIZERS, WORD_BOUNDARY, join_symbols
-from asr.windows import CONTEXT_FRAMES, default_window_frames, output_frames, plan_windows
+from asr.windows import CONTEXT_FRAMES, HOP, default_window_frames, output_frames, plan_windows
 
 METADATA_NAME = "asr_metadata"  # the Model.metadata entry written by export/metadata.py
 TFLITE_IDENTIFIER = b"TFL3"  # flatbuffer file identifier, bytes 4..8
@@ -148,7 +148,7 @@ class TFLiteModel:
             raise ModelFileError(f"{self.path}: the metadata's 'input.sample_rate' ({self.sample_rate!r}) "
                                  f"is not a positive integer")
         features = self.metadata.get("features") or {}
-        self.hop = int(features.get("hop_length", 160))
+        self.hop = int(features.get("hop_length", HOP))
         self.window_frames = window_frames or default_window_frames(features.get("normalization"))
         self.context_frames, self.max_frames = context_frames, max_frames
         with quiet_litert_info():
