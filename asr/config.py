@@ -19,6 +19,7 @@ from asr.model import ModelConfig
 from asr.text import Vocabulary
 
 PIPELINES = ("memory", "stream")  # TrainConfig.pipeline; shard folders as training data always stream
+SELECTIONS = ("dev_loss", "dev_wer")  # TrainConfig.selection
 DIFF_MAX = 80  # config_diff prints values whose repr is longer than this shortened ...
 DIFF_SHOWN = 40  # ... to their first this many characters and their length
 
@@ -34,7 +35,7 @@ class TrainConfig:
     warmup_steps: int = 300
     final_lr_ratio: float = 0.05  # cosine decay ends at learning_rate * this
     clip_norm: float = 5.0
-    early_stop_patience: int = 8  # epochs without a better dev loss
+    early_stop_patience: int = 8  # epochs without a better selection metric
     seed: int = 1234
     speed_factors: tuple[float, ...] = (0.9, 1.0, 1.1)
     freq_masks: int = 2
@@ -44,18 +45,28 @@ class TrainConfig:
     max_duration: float = 30.0  # seconds; longer training utterances are skipped and counted
     dev_wer_every: int = 1  # epochs
     average_last: int = 1  # average the weights of this many last epochs (1: no averaging)
+    buckets: int = 8  # length buckets of the batching (frame-count quantiles of the training set)
     sortagrad: bool = False  # first epoch in order of length (shortest first), then shuffled buckets
     grad_accum_steps: int = 1  # micro-batches whose gradients are summed per optimizer step
     pipeline: str = "memory"  # memory: log-mels cached and held in RAM; stream: computed on the fly
+    # The dev metric that picks the best epoch, stops early and decides whether the average of
+    # the last epochs replaces the best one: dev_loss (CTC) or dev_wer (ties: the lower dev loss).
+    selection: str = "dev_loss"
 
     def __post_init__(self):
         object.__setattr__(self, "speed_factors", tuple(float(f) for f in self.speed_factors))
         if not self.speed_factors or min(self.speed_factors) <= 0:
             raise ValueError(f"speed_factors must be one or more positive numbers, got {self.speed_factors}")
+        if self.buckets < 1:
+            raise ValueError(f"buckets must be >= 1, got {self.buckets}")
         if self.grad_accum_steps < 1:
             raise ValueError(f"grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
         if self.pipeline not in PIPELINES:
             raise ValueError(f"pipeline must be one of {', '.join(PIPELINES)}, got {self.pipeline!r}")
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"selection must be one of {', '.join(SELECTIONS)}, got {self.selection!r}")
+        if self.selection == "dev_wer" and self.dev_wer_every != 1:
+            raise ValueError(f"selection dev_wer needs the dev WER of every epoch (dev_wer_every: 1, got {self.dev_wer_every})")
 
 
 @dataclass(frozen=True)

@@ -42,12 +42,22 @@ def results_table(exp_dir) -> str:
         epochs = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
         if not epochs:
             continue
-        best = min(epochs, key=lambda e: e["dev_loss"])
+        best = _best_epoch(log.parent, epochs)
         total = sum(e.get("epoch_seconds", 0.0) for e in epochs)
         hours = epochs[-1].get("train_audio_seconds", 0.0) / 3600
         lines.append(f"| {log.parent.name} | {len(epochs)} | {best['epoch']} | {total / 60:.1f} min | {hours:.2f} h |")
     lines += ["", f"Machine: {machine()}."]
     return "\n".join(lines)
+
+
+def _best_epoch(exp: Path, epochs: list[dict]) -> dict:
+    """The epoch training kept as best: the one EXP/best/model.json names (chosen by
+    training.selection), else the lowest dev loss of train.log."""
+    try:
+        number = json.loads((exp / "best" / "model.json").read_text())["epoch"]
+        return next(e for e in epochs if e["epoch"] == number)
+    except (OSError, ValueError, KeyError, StopIteration):
+        return min(epochs, key=lambda e: e["dev_loss"])
 
 
 def eval_table(eval_dir, sets=None, title: str = "Results", notes=()) -> str:

@@ -5,10 +5,10 @@ clipping, TensorBoard logs, and a dev WER each epoch.
 Experiment folder layout:
     config.json      the ExperimentConfig; a later run with a different one is refused
     checkpoints/     epoch-NNNN/ (network + optimizer + state.json), newest few kept
-    best/            model directory of the epoch with the lowest dev loss
+    best/            model directory of the best epoch on training.selection (dev loss or dev WER)
     final/           model directory of the last finished epoch
     averaged/        the mean of the last ``average_last`` epochs (when average_last > 1)
-    model/           the result: best/, or averaged/ when its dev loss is lower
+    model/           the result: best/, or averaged/ when it scores better on training.selection
     tensorboard/     TensorBoard logs
     train.log        one line per epoch
     worker-N/        the same layout, written by worker N > 0 of a multi-worker run
@@ -155,9 +155,11 @@ def _trainer_class():
     return CTCTrainer
 
 
-def decode_dataset(forward, dataset, vocab) -> tuple[list[str], list[str]]:
-    """Greedy-decode every batch of ``dataset`` with ``forward`` (asr.model.make_forward);
-    returns (references, hypotheses)."""
+def decode_dataset(forward, dataset, source, vocab) -> tuple[list[str], list[str]]:
+    """Greedy-decode every batch of ``dataset`` (from ``source``, an asr.data DataSource) with
+    ``forward`` (asr.model.make_forward); returns (references, hypotheses): the references are
+    the utterances' normalized transcripts (``source.texts``), as ``asr evaluate`` scores them,
+    not the labels decoded back (those lose what the vocabulary cannot spell)."""
     from asr.decoding import greedy_decode_batch
     from asr.model import output_length
 
@@ -167,9 +169,17 @@ def decode_dataset(forward, dataset, vocab) -> tuple[list[str], list[str]]:
         lengths = output_length(batch["feature_lengths"].numpy())
         for ids in greedy_decode_batch(logits, lengths, vocab.blank):
             hyps.append(vocab.decode(ids))
-        for lab, n in zip(batch["labels"].numpy(), batch["label_lengths"].numpy()):
-            refs.append(vocab.decode(lab[:n]))
+        refs += [source.texts[int(i)] for i in batch["index"].numpy()]
     return refs, hyps
+
+
+def dev_error_rates(forward, dev) -> dict:
+    """WER/CER of the model behind ``forward`` on ``dev`` = (dataset, DataSource, vocabulary),
+    scored like ``asr evaluate`` (asr.evaluation.score)."""
+    from asr.evaluation import score
+
+    refs, hyps = decode_dataset(forward, *dev)
+    return score(refs, hyps)
 
 
 def _check_config(exp_dir: Path, config: ExperimentConfig) -> None:
@@ -177,6 +187,10 @@ def _check_config(exp_dir: Path, config: ExperimentConfig) -> None:
     new = config.to_dict()
     if path.exists():
         old = json.loads(path.read_text())
+        try:  # keys added to the config since that run take their defaults
+            old = ExperimentConfig.from_dict(old).to_dict()
+        except ConfigError:
+            pass
         diff = config_diff(old, new)
         if diff:
             raise ConfigError(
@@ -189,16 +203,26 @@ def _check_config(exp_dir: Path, config: ExperimentConfig) -> None:
         write_json(path, new)
 
 
-def _epoch_callback(net, optimizer, config, stats, exp_dir, dev_ds, state, info):
+def selection_score(line: dict, selection: str) -> tuple[float, float]:
+    """The value an epoch's log ``line`` is ranked by (lower is better): (dev WER, dev loss) for
+    selection dev_wer, (dev loss, 0) for dev_loss. Without a dev set, ``dev_loss`` is the
+    training loss (see _train)."""
+    if selection == "dev_wer" and "dev_wer" in line:
+        return (float(line["dev_wer"]), float(line["dev_loss"]))
+    return (float(line["dev_loss"]), 0.0)
+
+
+def _epoch_callback(net, optimizer, config, stats, exp_dir, dev, state, info):
     import tensorflow as tf
     import tf_keras as keras
 
-    from asr.evaluation import error_rates
     from asr.model import make_forward
 
     writer = tf.summary.create_file_writer(str(exp_dir / "tensorboard" / "dev_wer"))
     clock: dict[str, float] = {}  # perf_counter at the epoch's start and its validation's start
     forward = make_forward(net, config.features.n_mels)
+    tc = config.training
+    selection = tc.selection if dev is not None else "train_loss"
 
     class EpochEnd(keras.callbacks.Callback):
         """Checkpoint, best model, dev WER, early stopping and NaN detection, every epoch."""
@@ -234,32 +258,34 @@ def _epoch_callback(net, optimizer, config, stats, exp_dir, dev_ds, state, info)
                 "train_seconds": round(t_train, 2),
                 "train_audio_seconds": round(info["train_hours"] * 3600, 1),
             }
-            if dev_ds is not None and number % config.training.dev_wer_every == 0:
-                refs, hyps = decode_dataset(forward, dev_ds, config.vocabulary)
-                rates = error_rates(refs, hyps)
+            if dev is not None and number % tc.dev_wer_every == 0:
+                rates = dev_error_rates(forward, dev)
                 line["dev_wer"], line["dev_cer"] = rates["wer"], rates["cer"]
                 with writer.as_default():
                     tf.summary.scalar("wer", rates["wer"], step=number)
                     tf.summary.scalar("cer", rates["cer"], step=number)
-            improved = dev_loss < state["best_dev_loss"]
+            score = selection_score(line, tc.selection)
+            best = tuple(state.get("best_score") or (state["best_dev_loss"], 0.0))
+            improved = score < best
             if improved:
-                state.update(best_dev_loss=dev_loss, best_epoch=number, bad_epochs=0)
-                save_model_dir(exp_dir / "best", config, net, stats, epoch=number, dev=line, **info)
+                state.update(best_score=list(score), best_dev_loss=dev_loss, best_epoch=number, bad_epochs=0)
+                save_model_dir(exp_dir / "best", config, net, stats, epoch=number, dev=line, selection=selection, **info)
             else:
                 state["bad_epochs"] += 1
             state["epoch"] = number
-            state["stopped_early"] = state["bad_epochs"] >= config.training.early_stop_patience
+            state["stopped_early"] = state["bad_epochs"] >= tc.early_stop_patience
             line["epoch_seconds"] = round(time.perf_counter() - clock["start"], 2)
             state["history"].append(line)
             with open(exp_dir / "train.log", "a") as f:
                 f.write(json.dumps(line) + "\n")
-            keep = max(KEEP_CHECKPOINTS, config.training.average_last)
+            keep = max(KEEP_CHECKPOINTS, tc.average_last)
             save_checkpoint(exp_dir / "checkpoints", number, net, optimizer, state, keep)
             wer = f" dev WER {100 * line['dev_wer']:.2f}% CER {100 * line['dev_cer']:.2f}%" if "dev_wer" in line else ""
-            msg = f"epoch {number}: loss {line['loss']:.3f} dev loss {dev_loss:.3f}{wer}{' (best)' if improved else ''}"
+            loss_name = "dev loss" if dev is not None else "train loss (no dev set)"
+            msg = f"epoch {number}: loss {line['loss']:.3f} {loss_name} {dev_loss:.3f}{wer}{' (best)' if improved else ''}"
             print(msg, flush=True)
             if state["stopped_early"]:
-                print(f"early stop: dev loss has not improved for {state['bad_epochs']} epochs", flush=True)
+                print(f"early stop: {selection.replace('_', ' ')} has not improved for {state['bad_epochs']} epochs", flush=True)
                 self.model.stop_training = True
 
     return EpochEnd()
@@ -402,13 +428,18 @@ def _train(config, train_paths, dev_paths, out_dir, exp_dir, corpus, max_epochs,
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         dev_ds = dev_ds.with_options(options)
+        dev = (dev_ds, dev_src, vocab)
+    else:
+        dev = None
+        print("no dev set (--dev): the best epoch and early stopping use the TRAINING loss, which says "
+              f"nothing about new data; training.selection ({tc.selection}) needs a dev set", flush=True)
     last_epoch = tc.epochs if max_epochs is None else min(tc.epochs, max_epochs)
     info = {"corpus": corpus, "train_hours": round(audio_s / 3600, 4)}
     if state["epoch"] >= last_epoch or state.get("stopped_early"):
         print(f"training already finished ({state['epoch']} epochs)", flush=True)
     else:
         callbacks = [
-            _epoch_callback(net, optimizer, config, stats, out_dir, dev_ds, state, info),
+            _epoch_callback(net, optimizer, config, stats, out_dir, dev, state, info),
             keras.callbacks.TensorBoard(str(out_dir / "tensorboard"), write_graph=False, profile_batch=0),
         ]
         trainer.fit(
@@ -431,8 +462,11 @@ def _train(config, train_paths, dev_paths, out_dir, exp_dir, corpus, max_epochs,
     if not best.exists():
         save_model_dir(best, config, net, stats, epoch=state["epoch"], **info)
     chosen = best
-    if tc.average_last > 1 and dev_ds is not None:
-        chosen = _average(out_dir, config, net, trainer, stats, dev_ds, state, info)
+    if tc.average_last > 1 and dev is not None:
+        chosen = _average(out_dir, config, net, trainer, stats, dev, state, info)
+    elif tc.average_last > 1:
+        print(f"no dev set: the average of the last {tc.average_last} epochs is not made (nothing to compare it on)",
+              flush=True)
     model = out_dir / "model"
     tmp = out_dir / "model.tmp"
     if tmp.exists():
@@ -442,22 +476,32 @@ def _train(config, train_paths, dev_paths, out_dir, exp_dir, corpus, max_epochs,
     return model
 
 
-def _average(exp_dir: Path, config, net, trainer, stats, dev_ds, state, info) -> Path:
+def _average(exp_dir: Path, config, net, trainer, stats, dev, state, info) -> Path:
     """Average the last ``average_last`` epoch checkpoints into EXP/averaged; returns it when
-    its dev loss is lower than the best single epoch's, else EXP/best."""
+    it scores better on ``dev`` (training.selection) than the best single epoch, else EXP/best."""
     from asr.checkpoint import average_checkpoints
+    from asr.model import make_forward
 
-    ckpts = checkpoint_dirs(exp_dir / "checkpoints")[-config.training.average_last :]
+    tc = config.training
+    ckpts = checkpoint_dirs(exp_dir / "checkpoints")[-tc.average_last :]
     average_checkpoints(ckpts, net)
-    dev_loss = float(trainer.evaluate(dev_ds, verbose=0))
+    dev_ds = dev[0]
+    line = {"dev_loss": float(trainer.evaluate(dev_ds, verbose=0))}
+    if tc.selection == "dev_wer":
+        rates = dev_error_rates(make_forward(net, config.features.n_mels), dev)
+        line["dev_wer"], line["dev_cer"] = rates["wer"], rates["cer"]
     epochs = [int(d.name.split("-")[1]) for d in ckpts]
     averaged = save_model_dir(
-        exp_dir / "averaged", config, net, stats, epoch=state["epoch"], averaged_epochs=epochs, dev_loss=dev_loss, **info
+        exp_dir / "averaged", config, net, stats, epoch=state["epoch"], averaged_epochs=epochs, dev=line,
+        selection=tc.selection, **info
     )
-    better = dev_loss < state["best_dev_loss"]
+    score = selection_score(line, tc.selection)
+    best = tuple(state.get("best_score") or (state["best_dev_loss"], 0.0))
+    better = score < best
+    shown = "dev WER" if tc.selection == "dev_wer" else "dev loss"
     print(
-        f"average of epochs {epochs[0]}-{epochs[-1]}: dev loss {dev_loss:.3f}, best single epoch "
-        f"{state['best_epoch']}: {state['best_dev_loss']:.3f} -> EXP/model is the {'average' if better else 'best epoch'}",
+        f"average of epochs {epochs[0]}-{epochs[-1]}: {shown} {score[0]:.4f}, best single epoch "
+        f"{state['best_epoch']}: {best[0]:.4f} -> EXP/model is the {'average' if better else 'best epoch'}",
         flush=True,
     )
     return averaged if better else exp_dir / "best"

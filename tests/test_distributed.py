@@ -1,10 +1,11 @@
 """tf.distribute: two MultiWorkerMirroredStrategy workers on 127.0.0.1 train exactly like one
 process with the same global batch.
 
-The utterances all have the same length: padding frames enter the convolutions' batch
-statistics, so equal lengths are what makes "the same global batch" the same computation
-however it is split (see asr/model.py). Dropout, speed perturbation and SpecAugment are off,
-so nothing random differs between the runs.
+The utterances have mixed lengths (0.35 to 1 s), so every batch is padded: the convolutions'
+batch statistics skip padded frames (asr/model.py), which is what makes "the same global batch"
+the same computation however it is split. One length bucket (training.buckets=1) keeps each
+global batch the union of the workers' batches. Dropout, speed perturbation and SpecAugment
+are off, so nothing random differs between the runs.
 """
 from __future__ import annotations
 
@@ -21,29 +22,32 @@ import pytest
 from conftest import REPO_ROOT, TINY_OVERRIDES
 
 UTTERANCES = 16  # 4 global batches of 4 per epoch
-SECONDS = 1.0  # every utterance is cut or padded to this length
+LONGEST = 1.0  # seconds; utterance i is cut to a length between SHORTEST and LONGEST
+SHORTEST = 0.35
 ASR = ["-m", "asr"]  # how launch() starts the asr command
 WORKER_TIMEOUT = 300  # seconds; a stuck collective must fail the test, not hang CI
 WEIGHT_TOLERANCE = 5e-5  # max |difference| between the 2-worker and the 1-process weights (measured 4.5e-6)
 LOSS_RTOL = 1e-5  # relative tolerance of the logged epoch losses
 
 
-def equal_length_manifest(path: Path, fsdd_dir: Path) -> Path:
-    """UTTERANCES FSDD digits resampled to 16 kHz and cut or zero-padded to SECONDS each."""
+def mixed_length_manifest(path: Path, fsdd_dir: Path) -> Path:
+    """UTTERANCES FSDD digits resampled to 16 kHz, each cut or zero-padded to its own length
+    between SHORTEST and LONGEST seconds (a different one for every utterance)."""
     import soundfile as sf
 
     from asr.audio import load_audio
     from asr.manifest import Utterance, write_manifest
     from asr.text import DIGIT_WORDS
 
-    n = int(16000 * SECONDS)
+    lengths = np.linspace(SHORTEST, LONGEST, UTTERANCES)[np.random.default_rng(0).permutation(UTTERANCES)]
     utts = []
     for i in range(UTTERANCES):
         digit, speaker = i % 10, ("jackson", "nicolas")[i // 10]
+        n = int(16000 * lengths[i])
         audio = load_audio(fsdd_dir / f"{digit}_{speaker}_{i}.wav", 16000)[:n]
         wav = path.parent / f"utt{i:02d}.wav"
         sf.write(wav, np.pad(audio, (0, n - len(audio))), 16000)
-        utts.append(Utterance(f"utt{i:02d}", str(wav), SECONDS, DIGIT_WORDS[digit], speaker))
+        utts.append(Utterance(f"utt{i:02d}", str(wav), n / 16000, DIGIT_WORDS[digit], speaker))
     write_manifest(path, utts)
     return path
 
@@ -71,7 +75,7 @@ TWO_CPU_REPLICAS = [
 def launch(manifest: Path, exp: Path, batch: int, env_extra: dict, prefix=None, extra=()) -> subprocess.Popen:
     overrides = TINY_OVERRIDES + [
         "training.epochs=2", "training.sortagrad=true", "training.batch_frames=100000",
-        f"training.max_batch_size={batch}", "training.warmup_steps=2",
+        f"training.max_batch_size={batch}", "training.warmup_steps=2", "training.buckets=1",
     ]
     cmd = [sys.executable, *(prefix or ASR), "train", *extra, "--train", str(manifest), "--exp", str(exp), "--threads", "1",
            "--feature-cache", str(exp.parent / f"cache-{exp.name}"), "--set", *overrides]
@@ -115,7 +119,7 @@ def epoch_losses(exp: Path) -> list[float]:
 
 @pytest.mark.slow
 def test_two_workers_match_one_process_with_the_same_global_batch(fsdd_dir, tmp_path):
-    manifest = equal_length_manifest(tmp_path / "train.jsonl", fsdd_dir)
+    manifest = mixed_length_manifest(tmp_path / "train.jsonl", fsdd_dir)
     ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     workers = [
@@ -143,7 +147,7 @@ def test_two_workers_match_one_process_with_the_same_global_batch(fsdd_dir, tmp_
 
 @pytest.mark.slow
 def test_mirrored_strategy_over_two_devices_matches_one_process(fsdd_dir, tmp_path):
-    manifest = equal_length_manifest(tmp_path / "train.jsonl", fsdd_dir)
+    manifest = mixed_length_manifest(tmp_path / "train.jsonl", fsdd_dir)
     mirrored = launch(manifest, tmp_path / "mirrored", 2, {}, prefix=TWO_CPU_REPLICAS, extra=["--distribute", "mirrored"])
     reference = launch(manifest, tmp_path / "single", 4, {})
     outputs = finish([mirrored, reference])

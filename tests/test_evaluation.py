@@ -95,3 +95,34 @@ def test_results_tables_name_the_model_each_row_was_measured_on(tmp_path):
     table = eval_table(tmp_path / "split" / "eval", ["test", "missing"]).splitlines()
     assert "| test | 0.00% | 0.00% | 4 | 1 | exp/split/model |" in table
     assert "| missing | not measured | not measured | | | |" in table
+
+
+def test_training_dev_wer_is_scored_like_evaluate(fsdd_dir, tmp_path):
+    """The dev WER of training scores the same references as ``asr evaluate``: the transcripts
+    as written (normalized), not labels decoded back, which lose what the vocabulary cannot spell."""
+    import numpy as np
+    import tensorflow as tf
+
+    from asr.data import open_data
+    from asr.evaluation import score
+    from asr.training import dev_error_rates
+    from conftest import tiny_config, write_fsdd_manifest
+
+    config = tiny_config()
+    manifest = write_fsdd_manifest(tmp_path / "dev.jsonl", fsdd_dir, ["0_jackson_0", "0_nicolas_0"], text="zero \u65e5\u672c")
+    source = open_data([manifest], config, train=False, cache_dir=tmp_path / "cache")
+    vocab = config.vocabulary
+    path = [vocab.symbols.index(c) for c in "zero"]
+
+    def forward(features, lengths):  # every utterance decodes to "zero"
+        frames = int(tf.shape(features)[1]) // 4 + 1
+        scores = np.full((int(tf.shape(features)[0]), frames, vocab.size), -10.0, np.float32)
+        scores[:, :, vocab.blank] = 0.0
+        for t, i in enumerate(path):
+            scores[:, 2 * t, i] = 1.0
+        return tf.constant(scores)
+
+    dataset = source.dataset(None, config.training.batch_frames, config.training.max_batch_size)
+    rates = dev_error_rates(forward, (dataset, source, vocab))
+    expected = score(["zero \u65e5\u672c"] * 2, ["zero"] * 2)
+    assert rates == expected and rates["wer"] == 0.5

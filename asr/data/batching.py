@@ -1,6 +1,6 @@
 """Length buckets: how utterances are grouped into padded batches.
 
-``bucket_plan`` picks NUM_BUCKETS - 1 boundaries at frame-count quantiles and a batch size per
+``bucket_plan`` picks buckets - 1 (training.buckets, default NUM_BUCKETS) boundaries at frame-count quantiles and a batch size per
 bucket such that batch_size * longest_frames <= batch_frames (at most max_batch);
 ``estimate_steps`` counts the batches of one pass; ``bucket`` applies the plan to a tf.data
 stream of batch elements (module docstring of asr.data: one utterance in, padded batches out).
@@ -12,10 +12,11 @@ import numpy as np
 NUM_BUCKETS = 8  # -> 7 boundaries at the 1/8 .. 7/8 quantiles of the frame counts
 
 
-def bucket_plan(frames: list[int], batch_frames: int, max_batch: int) -> tuple[list[int], list[int]]:
-    """Bucket boundaries (frame-count quantiles) and a batch size per bucket such that
-    batch_size * longest_frames <= batch_frames."""
-    qs = np.quantile(np.asarray(frames), np.linspace(0, 1, NUM_BUCKETS + 1)[1:-1]) if frames else []
+def bucket_plan(frames: list[int], batch_frames: int, max_batch: int,
+                buckets: int = NUM_BUCKETS) -> tuple[list[int], list[int]]:
+    """Bucket boundaries (``buckets`` - 1 frame-count quantiles; none for one bucket) and a
+    batch size per bucket such that batch_size * longest_frames <= batch_frames."""
+    qs = np.quantile(np.asarray(frames), np.linspace(0, 1, buckets + 1)[1:-1]) if frames else []
     bounds = sorted({int(q) + 1 for q in qs})
     edges = bounds + [max(frames or [1]) + 1]
     sizes = [int(max(1, min(max_batch, batch_frames // e))) for e in edges]

@@ -84,7 +84,7 @@ def make_dataset(
     train=True: endless; a new order, speed factor and SpecAugment masks on every pass (use
     ``estimate_steps`` for steps_per_epoch). train=False: one pass over the unperturbed
     features in a fixed order, nothing random. (``open_data`` is the newer interface.)"""
-    bounds, sizes = bucket_plan([e.frames for e in examples], cfg.batch_frames, cfg.max_batch_size)
+    bounds, sizes = bucket_plan([e.frames for e in examples], cfg.batch_frames, cfg.max_batch_size, cfg.buckets)
     return generator_dataset(examples, spec, stats, cfg, train, seed, first_pass, bounds, sizes)
 
 

@@ -113,7 +113,8 @@ class DataSource:
 
     def steps_per_epoch(self, batch_frames: int, max_batch_size: int) -> int:
         """Batches in one pass of one pipeline (bucket_plan / estimate_steps)."""
-        bounds, sizes = bucket_plan(self.plan_frames.tolist(), batch_frames, max_batch_size)
+        bounds, sizes = bucket_plan(self.plan_frames.tolist(), batch_frames, max_batch_size,
+                                    self.config.training.buckets)
         return estimate_steps(self.plan_frames.tolist(), bounds, sizes)
 
     # ------------------------------------------------------------------ pass plans
@@ -227,7 +228,7 @@ class DataSource:
             raise ValueError("no utterances to make a dataset of")
         tc, spec = self.config.training, self.config.features
         sortagrad = bool(tc.sortagrad) and self.train
-        bounds, sizes = bucket_plan(self.plan_frames.tolist(), batch_frames, max_batch_size)
+        bounds, sizes = bucket_plan(self.plan_frames.tolist(), batch_frames, max_batch_size, tc.buckets)
         if len(self.parts) == 1 and self.parts[0].kind == "memory":
             part = self.parts[0]
             return generator_dataset(
