@@ -23,9 +23,9 @@ interpreter is created and first allocated with descriptor 2 captured, and every
 it wrote there is written back.
 
 Text follows the metadata's "decoding" entry: greedy CTC ids, their ``vocabulary`` symbols
-joined by ``asr.text.join_symbols``; for ``tokenizer`` "bpe" its ``word_boundary`` becomes a
-space and spaces are collapsed and trimmed. Metadata without ``tokenizer`` (files exported
-before BPE existed) is "chars": the symbols are concatenated as they are.
+joined by ``asr.text.join_symbols``: concatenated (for ``tokenizer`` "bpe" its ``word_boundary``
+becomes a space), then runs of spaces collapsed and the ends trimmed. Metadata without
+``tokenizer`` (files exported before BPE existed) is "chars".
 """
 from __future__ import annotations
 
