@@ -14,6 +14,7 @@ import pytest
 from conftest import REPO_ROOT, tiny_config
 
 SHIPPED = REPO_ROOT / "models" / "fsdd"
+SHIPPED_TFLITE = REPO_ROOT / "models" / "fsdd.tflite"
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
 
 
@@ -289,6 +290,98 @@ def test_dynamic_int8_keeps_the_keras_frame_decisions(fsdd_dir, tmp_path):
     model = TFLiteModel(flat, num_threads=1)
     same = [model.log_probs(a).argmax(-1) == keras.log_probs([keras.features(a)])[0].argmax(-1) for a in audios]
     assert np.mean(np.concatenate(same)) >= 0.98
+
+
+def weight_types(tflite: bytes) -> list[tuple[str, str, list[str]]]:
+    """(operator, first weight tensor name, dtypes of its constant inputs) per CONV_2D,
+    FULLY_CONNECTED and UNIDIRECTIONAL_SEQUENCE_LSTM operator."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    ops = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    types = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    model = schema.Model.GetRootAsModel(tflite, 0)
+    graph, out = model.Subgraphs(0), []
+    for i in range(graph.OperatorsLength()):
+        op = graph.Operators(i)
+        code = model.OperatorCodes(op.OpcodeIndex())
+        name = ops[max(code.BuiltinCode(), code.DeprecatedBuiltinCode())]
+        if name not in ("CONV_2D", "FULLY_CONNECTED", "UNIDIRECTIONAL_SEQUENCE_LSTM"):
+            continue
+        consts = [graph.Tensors(j) for j in op.InputsAsNumpy() if j >= 0 and model.Buffers(graph.Tensors(j).Buffer()).DataLength()]
+        out.append((name, graph.Tensors(op.Inputs(1)).Name().decode(), [types[t.Type()] for t in consts]))
+    return out
+
+
+def test_dynamic_int8_keeps_convolutions_float_and_quantizes_lstms_and_dense(tmp_path):
+    """Hybrid CONV_2D quantizes its whole input with one scale per invoke (so windows of a long
+    input would differ from one pass); the dynamic export keeps every convolution float, with
+    the Keras kernel (batch norm folded in), while LSTM and output Dense weights are int8."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    from asr.checkpoint import save_model_dir
+    from asr.model import build_model
+    from export.convert import export_model, folded_conv
+
+    # conv1 has 3 * 3 * 12 * 12 = 1296 weights: over the 1023 that the quantizer leaves float
+    config = tiny_config("model.conv_channels=12")
+    net = build_model(config.model, config.features.n_mels, config.vocabulary.size)
+    rng = np.random.default_rng(1)
+    for layer in net.layers:
+        if layer.name.endswith("_bn"):
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights([rng.uniform(0.5, 2, gamma.shape), beta + 0.3, rng.normal(0, 0.5, mean.shape),
+                               rng.uniform(0.5, 2, var.shape)])
+    assert net.get_layer("conv1").kernel.shape.num_elements() >= 1024
+    path = export_model(save_model_dir(tmp_path / "m", config, net, None, corpus="test"), tmp_path / "d.tflite", "dynamic")
+    data = path.read_bytes()
+    weights = weight_types(data)
+    convs = [w for w in weights if w[0] == "CONV_2D"]
+    assert len(convs) == 2 and all(set(t) == {"FLOAT32"} for _, _, t in convs), convs
+    lstms = [w for w in weights if w[0] == "UNIDIRECTIONAL_SEQUENCE_LSTM"]
+    assert len(lstms) == 2 * config.model.lstm_layers and all("INT8" in t for _, _, t in lstms), lstms
+    logits = [w for w in weights if w[0] == "FULLY_CONNECTED" and "logits" in w[1]]
+    assert len(logits) == 1 and "INT8" in logits[0][2], weights
+    # the float kernel is Keras's, batch norm folded in, not int8 weights made float
+    graph = schema.Model.GetRootAsModel(data, 0)
+    g = graph.Subgraphs(0)
+    kernel = next(g.Tensors(j) for j in range(g.TensorsLength()) if "/conv1/" in g.Tensors(j).Name().decode()
+                  and g.Tensors(j).ShapeAsNumpy().size == 4 and graph.Buffers(g.Tensors(j).Buffer()).DataLength())
+    stored = graph.Buffers(kernel.Buffer()).DataAsNumpy().view(np.float32).reshape(kernel.ShapeAsNumpy())
+    np.testing.assert_allclose(stored, folded_conv(net.get_layer("conv1"), net.get_layer("conv1_bn")), rtol=1e-6, atol=1e-7)
+
+
+def joined_digits(fsdd_dir: Path, seconds: float, seed: int = 0) -> np.ndarray:
+    """About ``seconds`` of FSDD test-split digits at 16 kHz, 0.3-1.5 s pauses with faint noise."""
+    from asr.audio import load_audio
+
+    rng = np.random.default_rng(seed)
+    names = sorted(fsdd_dir.glob("*_[0-4].wav"))
+    pieces, total = [], 0
+    while total < seconds * 16000:
+        pieces += [np.zeros(int(rng.uniform(0.3, 1.5) * 16000), np.float32), load_audio(names[rng.integers(len(names))])]
+        total += pieces[-2].size + pieces[-1].size
+    pcm = np.concatenate(pieces)
+    return (pcm + rng.normal(0, 3e-4, pcm.size)).astype(np.float32)
+
+
+def test_shipped_dynamic_int8_windows_equal_the_whole_pass(fsdd_dir):
+    """150 s of digits in windows keeping 20 s with 40 s of context on each side (8 windows of
+    up to 100 s): the shipped dynamic-int8 file gives one pass's log-probabilities. With its
+    second convolution hybrid (int8 weights, one input scale per invoke), this differed by up
+    to 1.0 and changed words; 30 s of context leaves BiLSTM state differences of up to 0.16."""
+    from asr.runtime import TFLiteModel
+    from asr.windows import plan_windows
+
+    if not SHIPPED_TFLITE.is_file():
+        pytest.skip("the shipped model is absent: run recipes/fsdd/run.sh")
+    pcm = joined_digits(fsdd_dir, 150, seed=3)
+    assert len(plan_windows(pcm.size, window_frames=500, context_frames=1000, max_frames=0)) >= 8
+    whole = TFLiteModel(SHIPPED_TFLITE, num_threads=1)
+    windowed = TFLiteModel(SHIPPED_TFLITE, num_threads=1, window_frames=500, context_frames=1000, max_frames=0)
+    a, b = whole.log_probs(pcm), windowed.log_probs(pcm)
+    assert windowed.decode(b) == whole.decode(a)
+    assert (b.argmax(1) == a.argmax(1)).all()
+    np.testing.assert_allclose(b, a, atol=1e-4)
 
 
 def test_verification_report_is_written_beside_the_model(tmp_path):
