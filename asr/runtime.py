@@ -11,11 +11,10 @@ The fused LSTM kernels keep their state in variable tensors across invoke() call
 ``reset_all_variables()`` runs before every utterance.
 
 Long inputs go through the interpreter in overlapping windows (asr.windows): one pass holds
-about 1.5 MB per second of audio, so inputs over 120 s are cut into windows that keep 60 s
-(120 s with per-utterance normalization) and see 30 s more on each side, and the kept parts
-are stitched. With float weights that equals one pass; a dynamic-range int8 model quantizes
-its convolution input with one scale per pass, so each window's output depends a little on
-what else the window holds (and one whole pass on all of it), windowed or not.
+about 1.5 MB per second of audio, so inputs over 140 s are cut into windows that keep 60 s
+(120 s with per-utterance normalization) and see 40 s more on each side, and the kept parts
+are stitched. That equals one pass, with float weights and with the dynamic-int8 export (its
+convolutions stay float; asr.windows says why).
 
 LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on file descriptor 2
 the first time a process allocates an interpreter, and has no Python switch for it; the

@@ -6,7 +6,7 @@ cannot be read gets ``Result.error`` (one line) and never stops the others.
 Memory is bounded by audio duration, not file count: files are read until MAX_CHUNK_SECONDS
 of audio are in memory (their headers give the duration first), then transcribed; a longer
 file is read and transcribed alone. Inside a model, inputs longer than asr.windows.MAX_FRAMES
-output frames (120 s) go through in overlapping windows (asr.windows), so one pass never
+output frames (140 s) go through in overlapping windows (asr.windows), so one pass never
 holds more than a window's tensors. The Keras path cuts the waveform into the same windows,
 batches the pieces by length (features [batch, frames, n_mels] with true lengths), and
 stitches each file's central parts back before greedy CTC decoding.
@@ -132,7 +132,7 @@ def duration_chunks(paths, max_seconds: float):
 
 class Recognizer(FileTranscriber):
     """A model directory loaded for inference with tf_keras. Each waveform is cut into the
-    windows of asr.windows (one window up to 120 s), the pieces are batched by length, and
+    windows of asr.windows (one window up to 140 s), the pieces are batched by length, and
     each waveform's central parts are stitched back."""
 
     def __init__(self, model_dir, window_frames: int | None = None, context_frames: int = CONTEXT_FRAMES,
