@@ -35,22 +35,26 @@ class OptimizeError(ValueError):
 
 def load_finetune_data(config, stats, train_manifests, dev_manifests, cache_dir=None) -> dict:
     """Datasets for fine-tuning: {"train": endless tf.data of padded batches (asr.data),
-    "steps": batches per pass, "dev": one-pass dataset or None, "train_hours": float}.
+    "steps": batches per pass, "dev": (one-pass dataset, its DataSource, vocabulary) or None,
+    "train_hours": float}.
     ``stats`` are the model's own normalization statistics (never recomputed)."""
-    from asr.data import bucket_plan, estimate_steps, load_examples, make_dataset
+    from asr.data import bucket_plan, estimate_steps, load_examples, make_dataset, open_data
 
     spec, vocab, tc = config.features, config.vocabulary, config.training
     cache = Path(cache_dir) if cache_dir else None
     train_ex, report = load_examples(list(train_manifests), spec, vocab, FEATURE_FACTORS, cache, tc.max_duration)
     if not train_ex:
         raise OptimizeError("no usable fine-tuning utterances: " + "; ".join(report.lines("train")))
-    dev_ex = load_examples(list(dev_manifests), spec, vocab, (1.0,), cache)[0] if dev_manifests else []
+    dev = None
+    if dev_manifests:
+        source = open_data(list(dev_manifests), config, train=False, cache_dir=cache)
+        dev = (source.dataset(stats, tc.batch_frames, tc.max_batch_size), source, vocab)
     frames = [e.frames for e in train_ex]
     bounds, sizes = bucket_plan(frames, tc.batch_frames, tc.max_batch_size)
     return {
         "train": make_dataset(train_ex, spec, stats, tc, train=True, seed=tc.seed),
         "steps": estimate_steps(frames, bounds, sizes),
-        "dev": make_dataset(dev_ex, spec, stats, tc, train=False) if dev_ex else None,
+        "dev": dev,
         "train_hours": round(sum(frames) * spec.hop_length / spec.sample_rate / 3600, 4),
     }
 
@@ -75,16 +79,15 @@ def finetune(net, config, data: dict, epochs: int, callbacks=(), learning_rate: 
     return [round(float(x), 4) for x in history.history["loss"]]
 
 
-def dev_error_rates(net, config, dataset) -> dict | None:
-    """{"wer", "cer"} of greedy decoding with ``net`` over ``dataset`` (None: no dataset)."""
-    if dataset is None:
+def dev_error_rates(net, config, dev) -> dict | None:
+    """{"wer", "cer"} of greedy decoding with ``net`` over ``dev`` (load_finetune_data's
+    "dev"; None: no dev set), scored like asr evaluate."""
+    if dev is None:
         return None
-    from asr.evaluation import error_rates
     from asr.model import make_forward
-    from asr.training import decode_dataset
+    from asr.training import dev_error_rates as rates_of
 
-    refs, hyps = decode_dataset(make_forward(net, config.features.n_mels), dataset, config.vocabulary)
-    rates = error_rates(refs, hyps)
+    rates = rates_of(make_forward(net, config.features.n_mels), dev)
     return {"wer": rates["wer"], "cer": rates["cer"]}
 
 
