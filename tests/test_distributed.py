@@ -26,7 +26,7 @@ LONGEST = 1.0  # seconds; utterance i is cut to a length between SHORTEST and LO
 SHORTEST = 0.35
 ASR = ["-m", "asr"]  # how launch() starts the asr command
 WORKER_TIMEOUT = 300  # seconds; a stuck collective must fail the test, not hang CI
-WEIGHT_TOLERANCE = 5e-5  # max |difference| between the 2-worker and the 1-process weights (measured 4.5e-6)
+WEIGHT_TOLERANCE = 5e-5  # max |difference| between the 2-worker and the 1-process weights (measured 3.1e-6)
 LOSS_RTOL = 1e-5  # relative tolerance of the logged epoch losses
 
 
