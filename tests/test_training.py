@@ -201,5 +201,5 @@ def test_averaging_the_last_epochs(fsdd_dir, tmp_path):
     for got, *epochs in zip(averaged.get_weights(), *weights):
         np.testing.assert_allclose(got, np.mean(epochs, axis=0), rtol=1e-6, atol=1e-7)
     best = json.loads((tmp_path / "exp" / "best" / "model.json").read_text())["dev"]["dev_loss"]
-    chosen = "averaged" if meta["dev_loss"] < best else "best"
+    chosen = "averaged" if meta["dev"]["dev_loss"] < best else "best"  # training.selection: dev_loss
     assert (tmp_path / "exp" / "model" / "weights.h5").read_bytes() == (tmp_path / "exp" / chosen / "weights.h5").read_bytes()
