@@ -145,7 +145,8 @@ def bench_lengths(model: Path, minutes: list[float], clips, work: Path) -> list[
 
 def float_weights(tflite: bytes) -> bytes:
     """The .tflite with its int8 weight tensors dequantized to float32 (scale and zero point,
-    per channel or per tensor): the same network without dynamic-range quantization."""
+    per channel or per tensor), and the DEQUANTIZE ops of such weights removed: the same
+    network without dynamic-range quantization."""
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
@@ -163,6 +164,14 @@ def float_weights(tflite: bytes) -> bytes:
             zero = np.asarray(q.zeroPoint, np.float32).reshape(shape)
             buffer.data = np.frombuffer(((w - zero) * scale).astype(np.float32).tobytes(), np.uint8)
             t.type, t.quantization = schema.TensorType.FLOAT32, None
+        # a DEQUANTIZE of weights that are float now has nothing to do: its consumers read them
+        dequantize = {i for i, c in enumerate(model.operatorCodes)
+                      if max(c.builtinCode, c.deprecatedBuiltinCode) == schema.BuiltinOperator.DEQUANTIZE}
+        dropped = {op.outputs[0]: op.inputs[0] for op in graph.operators
+                   if op.opcodeIndex in dequantize and graph.tensors[op.inputs[0]].type == schema.TensorType.FLOAT32}
+        graph.operators = [op for op in graph.operators if op.outputs[0] not in dropped]
+        for op in graph.operators:
+            op.inputs = [dropped.get(i, i) for i in op.inputs]
     builder = flatbuffers.Builder(4 * len(tflite))
     builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
