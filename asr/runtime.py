@@ -14,7 +14,7 @@ Long inputs go through the interpreter in overlapping windows (asr.windows): one
 about 1.5 MB per second of audio, so inputs over 140 s are cut into windows that keep 60 s
 (120 s with per-utterance normalization) and see 40 s more on each side, and the kept parts
 are stitched. That equals one pass, with float weights and with the dynamic-int8 export (its
-convolutions stay float; asr.windows says why).
+convolutions compute in float; asr.windows says why).
 
 LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on file descriptor 2
 the first time a process allocates an interpreter, and has no Python switch for it; the

@@ -19,9 +19,9 @@ measures how much context the shipped model needs (see docs/deployment.md).
 Quantization. Float weights make the stitched output equal one pass (measured on 10 minutes
 of digits: identical log-probabilities). TFLite's hybrid int8 convolution quantizes its whole
 input with one scale per pass, which would make every output frame depend a little on the
-whole input; ``asr export`` therefore keeps the convolutions float in the dynamic-int8 file
-(the LSTMs and the output layer quantize per time step and per row, which windows do not
-change). The int8 LSTMs carry small differences further than float ones: with 30 s of context
+whole input; ``asr export`` therefore feeds the dynamic-int8 file's convolutions a DEQUANTIZE
+of their int8 weights, so they compute in float (the LSTMs and the output layer quantize per
+time step and per row, which windows do not change). The int8 LSTMs carry small differences further than float ones: with 30 s of context
 the shipped model's 10-minute test differed by 0.016 at one cut (same text); with 40 s it is
 identical to the bit.
 

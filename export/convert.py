@@ -9,8 +9,8 @@ UNIDIRECTIONAL_SEQUENCE_LSTM builtins. Quantization modes:
     float32  no quantization
     float16  float16 weights (dequantized at load)
     dynamic  int8 LSTM and Dense weights, float activations quantized on the fly (the
-             default); the convolutions stay float, so that windows of a long input give
-             what one pass gives (see float_convolutions)
+             default); the convolutions compute in float from their int8 weights, so that
+             windows of a long input give what one pass gives (see float_convolutions)
     int8     full integer network (weights and activations, calibrated on a manifest's
              utterances); the frontend stays float32, since int8 cannot hold a power spectrum
 """
@@ -183,7 +183,7 @@ def convert(config, stats, net, quantization: str, calibration: list[np.ndarray]
         converter.target_spec.supported_types = [tf.float16]
     if quantization == "int8":
         return _full_integer(converter, calibration, float_frontend)
-    if quantization == "dynamic":  # float convolutions: a window of the input gives what one pass gives
+    if quantization == "dynamic":  # convolutions in float: a window of the input gives what one pass gives
         return float_convolutions(converter.convert())
     return converter.convert()
 
