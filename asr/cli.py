@@ -241,7 +241,8 @@ def cmd_train(args) -> int:
     import dataclasses
 
     from asr.config import load_config
-    from asr.training import configure_threads, train
+    from asr.distribute import configure_threads
+    from asr.training import train
 
     config = load_config(args.config, args.set)
     if args.tokens:

@@ -22,9 +22,6 @@ loss is the mean over the utterances of the global batch however they are split.
 from __future__ import annotations
 
 import json
-import logging
-import math
-import os
 import shutil
 import sys
 import time
@@ -42,117 +39,14 @@ from asr.checkpoint import (
     write_json,
 )
 from asr.config import ConfigError, ExperimentConfig, config_diff
+from asr.distribute import make_strategy
+from asr.trainer import schedule_class, trainer_class
 
-log = logging.getLogger(__name__)
 KEEP_CHECKPOINTS = 5  # newest epoch checkpoints kept (averaging can use them all)
-DISTRIBUTE = ("auto", "none", "mirrored", "multi-worker")  # choices of train(distribute=...)
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def _schedule_class():
-    import tensorflow as tf
-    import tf_keras as keras
-
-    class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
-        """Linear warmup to ``peak`` over ``warmup`` steps, cosine decay to peak*final_ratio at ``total``."""
-
-        def __init__(self, peak, warmup, total, final_ratio):
-            self.peak, self.warmup, self.total, self.final_ratio = peak, warmup, total, final_ratio
-
-        def __call__(self, step):
-            step = tf.cast(step, tf.float32)
-            warm = self.peak * (step + 1.0) / max(1, self.warmup)
-            progress = tf.clip_by_value((step - self.warmup) / max(1, self.total - self.warmup), 0.0, 1.0)
-            cosine = self.final_ratio + (1 - self.final_ratio) * 0.5 * (1 + tf.cos(math.pi * progress))
-            return tf.where(step < self.warmup, warm, self.peak * cosine)
-
-        def get_config(self):
-            return {"peak": self.peak, "warmup": self.warmup, "total": self.total, "final_ratio": self.final_ratio}
-
-    return WarmupCosine
-
-
-def _trainer_class():
-    import tensorflow as tf
-    import tf_keras as keras
-
-    from asr.ctc import ctc_loss
-    from asr.model import output_length
-
-    class CTCTrainer(keras.Model):
-        """Wraps the network: fit() computes CTC with each utterance's true lengths.
-
-        One train step takes a per-replica batch, splits it into ``accum_steps`` interleaved
-        micro-batches (rows k, k + accum_steps, ...), sums their gradients and applies them
-        once. The loss of a step is sum(per-utterance CTC) / (utterances in the GLOBAL batch,
-        all-reduced over replicas), so replicas and micro-batches never change the gradient.
-        """
-
-        def __init__(self, net, blank, accum_steps: int = 1):
-            super().__init__()
-            self.net, self.blank, self.accum_steps = net, blank, accum_steps
-            self.loss_tracker = keras.metrics.Mean(name="loss")
-
-        def call(self, inputs, training=False):
-            return self.net(inputs, training=training)
-
-        def per_utterance_loss(self, batch, training):
-            logits = self.net([batch["features"], batch["feature_lengths"]], training=training)
-            return ctc_loss(
-                batch["labels"], batch["label_lengths"], logits, output_length(batch["feature_lengths"]), self.blank
-            )
-
-        def _micro_batch(self, batch, k):
-            """Rows k, k + accum, ... of ``batch``, trimmed to their longest utterance and label;
-            returns (micro-batch, weights [rows]) where weights are 0 for the filler rows a
-            batch smaller than ``accum_steps`` needs."""
-            size = tf.shape(batch["feature_lengths"])[0]
-            rows = tf.range(k, tf.maximum(size, self.accum_steps), self.accum_steps)
-            weights = tf.cast(rows < size, tf.float32)
-            rows = tf.minimum(rows, size - 1)
-            micro = {key: tf.gather(value, rows) for key, value in batch.items()}
-            frames = tf.reduce_max(micro["feature_lengths"])
-            labels = tf.maximum(tf.reduce_max(micro["label_lengths"]), 1)
-            micro["features"] = micro["features"][:, :frames]
-            micro["labels"] = micro["labels"][:, :labels]
-            return micro, weights
-
-        def train_step(self, batch):
-            variables = self.net.trainable_variables
-            count = tf.cast(tf.shape(batch["feature_lengths"])[0], tf.float32)
-            context = tf.distribute.get_replica_context()
-            if context is not None and context.num_replicas_in_sync > 1:
-                count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
-            scaled = isinstance(self.optimizer, keras.mixed_precision.LossScaleOptimizer)
-            total = None
-            for k in range(self.accum_steps):
-                micro, weights = self._micro_batch(batch, k) if self.accum_steps > 1 else (batch, None)
-                with tf.GradientTape() as tape:
-                    per = self.per_utterance_loss(micro, True)
-                    summed = tf.reduce_sum(per if weights is None else per * weights)
-                    loss = summed / tf.maximum(count, 1.0)
-                    if scaled:
-                        loss = self.optimizer.get_scaled_loss(loss)
-                grads = tape.gradient(loss, variables)
-                if scaled:
-                    grads = self.optimizer.get_unscaled_gradients(grads)
-                total = grads if total is None else [a + b for a, b in zip(total, grads)]
-                self.loss_tracker.update_state(per, sample_weight=weights)
-            self.optimizer.apply_gradients(zip(total, variables))
-            return {"loss": self.loss_tracker.result()}
-
-        def test_step(self, batch):
-            self.loss_tracker.update_state(self.per_utterance_loss(batch, False))
-            return {"loss": self.loss_tracker.result()}
-
-        @property
-        def metrics(self):
-            return [self.loss_tracker]
-
-    return CTCTrainer
 
 
 def decode_dataset(forward, dataset, source, vocab) -> tuple[list[str], list[str]]:
@@ -291,37 +185,6 @@ def _epoch_callback(net, optimizer, config, stats, exp_dir, dev, state, info):
     return EpochEnd()
 
 
-def make_strategy(distribute: str = "auto"):
-    """The tf.distribute strategy for ``distribute`` (one of DISTRIBUTE) and this worker's
-    index (0 = chief). auto: multi-worker when TF_CONFIG names more than one task, mirrored
-    when there are several GPUs, else TensorFlow's default strategy. Must run before
-    TensorFlow does any work (TF_CONFIG and thread settings are read at creation)."""
-    import tensorflow as tf
-
-    if distribute not in DISTRIBUTE:
-        raise ValueError(f"distribute must be one of {', '.join(DISTRIBUTE)}, got {distribute!r}")
-    cluster = json.loads(os.environ.get("TF_CONFIG") or "{}")
-    tasks = sum(len(v) for v in cluster.get("cluster", {}).values())
-    if distribute == "multi-worker" and tasks < 1:
-        raise ValueError("distribute=multi-worker needs TF_CONFIG with the cluster and this task (see the recipe README)")
-    if distribute == "multi-worker" or (distribute == "auto" and tasks > 1):
-        task = cluster.get("task", {})
-        index = int(task.get("index", 0))
-        # The chief is task "chief", or worker 0 when the cluster has no chief.
-        if task.get("type") == "chief":
-            index = 0
-        elif "chief" in cluster.get("cluster", {}):
-            index += 1
-        return tf.distribute.MultiWorkerMirroredStrategy(), index
-    gpus = tf.config.list_logical_devices("GPU")
-    if distribute == "mirrored" or (distribute == "auto" and len(gpus) > 1):
-        # Every GPU; without one, every logical CPU device (one, unless the process split the
-        # CPU with tf.config.set_logical_device_configuration, as the tests do).
-        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(devices), 0
-    return tf.distribute.get_strategy(), 0
-
-
 def train(
     config: ExperimentConfig,
     train_paths: list,
@@ -399,11 +262,11 @@ def _train(config, train_paths, dev_paths, out_dir, exp_dir, corpus, max_epochs,
 
     with strategy.scope():
         net = build_model(config.model, spec.n_mels, vocab.size)
-        schedule = _schedule_class()(tc.learning_rate, tc.warmup_steps, steps * tc.epochs, tc.final_lr_ratio)
+        schedule = schedule_class()(tc.learning_rate, tc.warmup_steps, steps * tc.epochs, tc.final_lr_ratio)
         optimizer = keras.optimizers.Adam(schedule, global_clipnorm=tc.clip_norm)
         if mixed:
             optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
-        trainer = _trainer_class()(net, vocab.blank, tc.grad_accum_steps)
+        trainer = trainer_class()(net, vocab.blank, tc.grad_accum_steps)
         trainer.compile(optimizer=optimizer)
         trainer.distribute_reduction_method = "first"  # the loss metric is already all-reduced
 
@@ -505,20 +368,3 @@ def _average(exp_dir: Path, config, net, trainer, stats, dev, state, info) -> Pa
         flush=True,
     )
     return averaged if better else exp_dir / "best"
-
-
-def configure_threads(threads: int | None) -> None:
-    """Limit TensorFlow's CPU threads (None: all cores). Must run before TF does any work."""
-    if not threads:
-        return
-    import tensorflow as tf
-
-    if tf.config.threading.get_intra_op_parallelism_threads() == threads:
-        return
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
-    except RuntimeError:  # TensorFlow already ran something in this process: keep its threads
-        log.warning("TensorFlow is already initialized; its thread counts stay as they are")
-        return
-    os.environ["OMP_NUM_THREADS"] = str(threads)

@@ -72,13 +72,14 @@ def dev_line(model: Path, manifests: Path, config, cache: Path) -> dict:
     from asr.checkpoint import load_model_dir
     from asr.data import open_data
     from asr.model import make_forward
-    from asr.training import _trainer_class, dev_error_rates
+    from asr.trainer import trainer_class
+    from asr.training import dev_error_rates
 
     _, stats, _, net = load_model_dir(model)
     source = open_data([manifests / f for f in DEV_FILES], config, train=False, cache_dir=cache)
     tc = config.training
     ds = source.dataset(stats, tc.batch_frames, tc.max_batch_size)
-    trainer = _trainer_class()(net, config.vocabulary.blank)
+    trainer = trainer_class()(net, config.vocabulary.blank)
     trainer.compile(optimizer=keras.optimizers.Adam())
     loss = float(trainer.evaluate(ds, verbose=0))
     rates = dev_error_rates(make_forward(net, config.features.n_mels), (ds, source, config.vocabulary))
@@ -131,7 +132,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "selection.json")
     args = parser.parse_args(argv)
     from asr.config import load_config
-    from asr.training import configure_threads
+    from asr.distribute import configure_threads
 
     configure_threads(args.threads)
     epochs = args.epochs or load_config(CONFIG).training.epochs

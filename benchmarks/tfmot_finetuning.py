@@ -64,10 +64,10 @@ def finetune(net, config, data: dict, epochs: int, callbacks=(), learning_rate: 
     passes with the CTC trainer at a constant learning rate; returns the loss per epoch."""
     import tf_keras as keras
 
-    from asr.training import _trainer_class
+    from asr.trainer import trainer_class
 
     keras.utils.set_random_seed(config.training.seed)
-    trainer = _trainer_class()(net, config.vocabulary.blank)
+    trainer = trainer_class()(net, config.vocabulary.blank)
     trainer.compile(optimizer=keras.optimizers.Adam(learning_rate, global_clipnorm=config.training.clip_norm))
     history = trainer.fit(
         data["train"],

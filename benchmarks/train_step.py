@@ -71,7 +71,7 @@ def time_steps(config, vocab: int, batch: dict, steps: int, mixed: bool) -> dict
     import tf_keras as keras
 
     from asr.model import build_model
-    from asr.training import _trainer_class
+    from asr.trainer import trainer_class
 
     if mixed:
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -79,7 +79,7 @@ def time_steps(config, vocab: int, batch: dict, steps: int, mixed: bool) -> dict
     optimizer = keras.optimizers.Adam(1e-4, global_clipnorm=config.training.clip_norm)
     if mixed:
         optimizer = keras.mixed_precision.LossScaleOptimizer(optimizer)
-    trainer = _trainer_class()(net, 0, config.training.grad_accum_steps)
+    trainer = trainer_class()(net, 0, config.training.grad_accum_steps)
     trainer.compile(optimizer=optimizer)
     step = tf.function(trainer.train_step)
     times = []
@@ -111,7 +111,7 @@ def main(argv=None) -> int:
 
     from asr.config import load_config
     from asr.report import machine
-    from asr.training import configure_threads
+    from asr.distribute import configure_threads
 
     configure_threads(args.threads)
     import tensorflow as tf

@@ -18,11 +18,11 @@ def test_micro_batches_cover_every_row_once_with_zero_weight_fillers():
     import tensorflow as tf
 
     from asr.model import ModelConfig, build_model
-    from asr.training import _trainer_class
+    from asr.trainer import trainer_class
 
     net = build_model(ModelConfig(conv_channels=4, lstm_layers=1, lstm_units=8), 16, 5)
     for size, accum in [(5, 2), (4, 4), (2, 3), (7, 3)]:
-        trainer = _trainer_class()(net, 0, accum)
+        trainer = trainer_class()(net, 0, accum)
         lengths = tf.constant(np.arange(size) + 3, tf.int32)
         batch = {
             "features": tf.random.normal([size, size + 4, 16]),

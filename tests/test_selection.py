@@ -46,7 +46,8 @@ def test_config_saved_before_selection_existed_still_resumes(tmp_path):
 
 @pytest.mark.slow
 def test_best_epoch_follows_dev_wer_when_selected(fsdd_dir, tmp_path, capsys):
-    from asr.training import configure_threads, train
+    from asr.distribute import configure_threads
+    from asr.training import train
 
     configure_threads(1)
     train_m = write_fsdd_manifest(tmp_path / "train.jsonl", fsdd_dir, DIGITS, copies=4)
@@ -67,7 +68,8 @@ def test_best_epoch_follows_dev_wer_when_selected(fsdd_dir, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_training_without_dev_set_says_what_it_selects_on(fsdd_dir, tmp_path, capsys):
-    from asr.training import configure_threads, train
+    from asr.distribute import configure_threads
+    from asr.training import train
 
     configure_threads(1)
     train_m = write_fsdd_manifest(tmp_path / "train.jsonl", fsdd_dir, DIGITS, copies=2)

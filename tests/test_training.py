@@ -33,7 +33,8 @@ def tiny_set(*extra):
 def test_overfit_tiny_model_then_decode(fsdd_dir, tmp_path):
     """A tiny model trained on six digits must transcribe exactly those six recordings."""
     from asr.evaluation import evaluate
-    from asr.training import configure_threads, train
+    from asr.distribute import configure_threads
+    from asr.training import train
     from asr.transcription import load_recognizer
 
     configure_threads(1)
@@ -98,7 +99,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(fsdd_dir, tmp_path, monke
     import tensorflow as tf
 
     import asr.ctc
-    from asr.training import TrainingDiverged, configure_threads, train
+    from asr.distribute import configure_threads
+    from asr.training import TrainingDiverged, train
 
     configure_threads(1)
     m = write_fsdd_manifest(tmp_path / "train.jsonl", fsdd_dir, DIGITS[:4], copies=2)
@@ -120,7 +122,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(fsdd_dir, tmp_path, monke
 @pytest.mark.slow
 def test_different_config_is_refused(fsdd_dir, tmp_path):
     from asr.config import ConfigError
-    from asr.training import configure_threads, train
+    from asr.distribute import configure_threads
+    from asr.training import train
 
     configure_threads(1)
     m = write_fsdd_manifest(tmp_path / "train.jsonl", fsdd_dir, DIGITS[:2])
@@ -185,7 +188,8 @@ def test_averaging_the_last_epochs(fsdd_dir, tmp_path):
     import tensorflow as tf
 
     from asr.checkpoint import checkpoint_dirs, load_model_dir
-    from asr.training import configure_threads, train
+    from asr.distribute import configure_threads
+    from asr.training import train
 
     configure_threads(1)
     m = write_fsdd_manifest(tmp_path / "train.jsonl", fsdd_dir, DIGITS, copies=2)
