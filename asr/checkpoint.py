@@ -202,7 +202,7 @@ def own_metrics(metrics: dict, model) -> dict:
         if evaluated is None:
             raise ModelDirError(f"metrics {name}: the summary names no model, so it cannot be shown to be {model}'s")
         if evaluated != target:
-            raise ModelDirError(f"metrics {name} were measured on {summary['model']}, not on {model}; "
+            raise ModelDirError(f"metrics {name} were measured on {summary.get('model', evaluated)}, not on {model}; "
                                 f"give another model's result as a reference (--reference {name}=SUMMARY.json)")
     return metric_summary(metrics)
 
@@ -219,7 +219,7 @@ def reference_metrics(references: dict, model, note: str = "") -> dict:
             raise ModelDirError(f"reference {name}: the summary names no model")
         if evaluated == target:
             raise ModelDirError(f"reference {name} was measured on {model} itself; give it as metrics")
-        out[name] = {"model": summary["model"], **({"note": note} if note else {}), **metric_summary({name: summary})[name]}
+        out[name] = {"model": summary.get("model", str(evaluated)), **({"note": note} if note else {}), **metric_summary({name: summary})[name]}
     return out
 
 
