@@ -22,6 +22,7 @@ loss is the mean over the utterances of the global batch however they are split.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -275,6 +276,12 @@ def _train(config, train_paths, dev_paths, out_dir, exp_dir, corpus, max_epochs,
     if done:
         state = restore_checkpoint(done[-1], net, optimizer)
         print(f"resuming from {done[-1].name}: {state['epoch']} epoch(s) done, optimizer step restored", flush=True)
+        # A kill between an epoch's train.log line and its checkpoint leaves a line the
+        # checkpoint does not know: the log restarts from the checkpoint's own history.
+        lines = "".join(json.dumps(line) + "\n" for line in state.get("history", []))
+        tmp = out_dir / "train.log.tmp"
+        tmp.write_text(lines)
+        os.replace(tmp, out_dir / "train.log")
 
     def train_dataset(context=None):
         pipelines, pipeline = (context.num_input_pipelines, context.input_pipeline_id) if context else (1, 0)

@@ -207,3 +207,20 @@ def test_averaging_the_last_epochs(fsdd_dir, tmp_path):
     best = json.loads((tmp_path / "exp" / "best" / "model.json").read_text())["dev"]["dev_loss"]
     chosen = "averaged" if meta["dev"]["dev_loss"] < best else "best"  # training.selection: dev_loss
     assert (tmp_path / "exp" / "model" / "weights.h5").read_bytes() == (tmp_path / "exp" / chosen / "weights.h5").read_bytes()
+
+
+@pytest.mark.slow
+def test_log_line_without_its_checkpoint_is_dropped_on_resume(fsdd_dir, tmp_path):
+    """A kill after an epoch's train.log line but before its checkpoint: the resumed run's
+    train.log holds each epoch once."""
+    from asr.distribute import configure_threads
+    from asr.training import train
+
+    configure_threads(1)
+    train_m = write_fsdd_manifest(tmp_path / "train.jsonl", fsdd_dir, DIGITS[:2], copies=2)
+    config = tiny_config("training.epochs=3")
+    train(config, [train_m], [train_m], tmp_path / "exp", max_epochs=2)
+    log = tmp_path / "exp" / "train.log"
+    log.write_text(log.read_text() + json.dumps({"epoch": 3, "loss": 1.0, "dev_loss": 1.0}) + "\n")  # no checkpoint 3
+    train(config, [train_m], [train_m], tmp_path / "exp")
+    assert [json.loads(x)["epoch"] for x in log.read_text().splitlines()] == [1, 2, 3]
