@@ -10,6 +10,15 @@ each with isolated-digit manifests ``{train,dev,test}.jsonl``, connected-digit m
 ``{train,dev,test}_connected.jsonl`` (1 to 7 digits of one speaker joined by 50-300 ms pauses,
 drawn only from the same part's recordings, deterministic by seed), and
 ``train_nonspeech.jsonl`` (silence and faint noise with an empty transcript).
+
+Beside each connected manifest, ``{part}_connected.words.jsonl`` holds where each digit is in
+its string, known from how the string was made (seconds from the start of the file, one line
+per utterance, in the manifest's order; the manifest itself is unchanged):
+    {"id": "test-george-0000", "words": [{"word": "five", "start": 0.0, "end": 0.423375,
+     "speech_start": 0.03, "speech_end": 0.4}, ...]}
+``start``/``end`` are the first sample and one past the last sample of the digit's recording,
+``speech_start``/``speech_end`` the same of the speech inside it (``speech_region``: FSDD
+recordings keep a little silence at either end).
 """
 from __future__ import annotations
 
@@ -37,6 +46,9 @@ MAX_DIGITS = 7
 CONNECTED_PER_SPEAKER = {"train": 300, "dev": 20, "test": 50}
 NONSPEECH = 60  # empty-transcript examples in the training set
 HELDOUT_DEFAULT = "george"
+TRIM_FRAME = 80  # samples: 10 ms frames of speech_region at SOURCE_RATE
+TRIM_DB = 30.0  # speech_region: frames within this many dB of the recording's loudest frame
+WORDS_SUFFIX = ".words.jsonl"  # test_connected.jsonl -> test_connected.words.jsonl
 
 
 class CorpusError(ValueError):
@@ -101,14 +113,32 @@ def _utterance(rec: Recording) -> Utterance:
     return Utterance(rec.id, str(rec.path), round(rec.duration, 4), DIGIT_WORDS[rec.digit], rec.speaker)
 
 
+def speech_region(audio: np.ndarray) -> tuple[int, int]:
+    """(first sample, one past the last sample) of the speech in one recording [num_samples]
+    at SOURCE_RATE: from the first to the last 10 ms frame (TRIM_FRAME samples) whose RMS is
+    within TRIM_DB of the loudest frame's; the whole recording when it is shorter than a frame
+    or silent."""
+    frames = len(audio) // TRIM_FRAME
+    if frames == 0:
+        return 0, len(audio)
+    rms = np.sqrt(np.mean(np.square(audio[: frames * TRIM_FRAME].reshape(frames, TRIM_FRAME), dtype=np.float64), axis=1))
+    if rms.max() <= 0.0:
+        return 0, len(audio)
+    loud = np.flatnonzero(rms >= rms.max() * 10 ** (-TRIM_DB / 20))
+    return int(loud[0]) * TRIM_FRAME, min(len(audio), (int(loud[-1]) + 1) * TRIM_FRAME)
+
+
 def _connected(recs: list[Recording], count: int, rng: np.random.Generator, out_dir: Path, prefix: str):
-    """``count`` connected-digit utterances from one speaker's ``recs``, written as 8 kHz WAVs."""
+    """``count`` connected-digit utterances from one speaker's ``recs``, written as 8 kHz WAVs.
+
+    Returns (utterances, truth): truth has one {"id", "words"} per utterance, the lines of
+    the ``.words.jsonl`` described in the module docstring."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    utts = []
+    utts, truth = [], []
     for n in range(count):
         k = int(rng.integers(1, MAX_DIGITS + 1))
         picks = [recs[int(i)] for i in rng.integers(0, len(recs), size=k)]
-        pieces = []
+        pieces, words, cursor = [], [], 0  # cursor: samples written so far
         for j, rec in enumerate(picks):
             audio, rate = sf.read(str(rec.path), dtype="float32")
             if rate != SOURCE_RATE:
@@ -117,14 +147,34 @@ def _connected(recs: list[Recording], count: int, rng: np.random.Generator, out_
                 pause = int(rng.uniform(MIN_PAUSE, MAX_PAUSE) * SOURCE_RATE)
                 floor = float(np.std(audio[: SOURCE_RATE // 50]))  # noise floor: the first 20 ms
                 pieces.append(rng.normal(0.0, floor, pause).astype(np.float32))
+                cursor += pause
             pieces.append(audio)
+            first, last = speech_region(audio)
+            words.append({"word": DIGIT_WORDS[rec.digit], "start": cursor / SOURCE_RATE,
+                          "end": (cursor + len(audio)) / SOURCE_RATE, "speech_start": (cursor + first) / SOURCE_RATE,
+                          "speech_end": (cursor + last) / SOURCE_RATE})
+            cursor += len(audio)
         audio = np.concatenate(pieces)
         uid = f"{prefix}-{n:04d}"
         path = out_dir / f"{uid}.wav"
         sf.write(str(path), audio, SOURCE_RATE, subtype="PCM_16")
         text = " ".join(DIGIT_WORDS[r.digit] for r in picks)
         utts.append(Utterance(uid, str(path), round(len(audio) / SOURCE_RATE, 4), text, picks[0].speaker))
-    return utts
+        truth.append({"id": uid, "words": words})
+    return utts, truth
+
+
+def words_path(manifest) -> Path:
+    """The word-times file beside a connected manifest: x_connected.jsonl -> x_connected.words.jsonl."""
+    manifest = Path(manifest)
+    return manifest.with_name(manifest.name.removesuffix(".jsonl") + WORDS_SUFFIX)
+
+
+def read_word_times(manifest) -> dict[str, list[dict]]:
+    """utterance id -> its words [{"word", "start", "end", "speech_start", "speech_end"}]
+    from the ``.words.jsonl`` beside the connected ``manifest``."""
+    with open(words_path(manifest), encoding="utf-8") as f:
+        return {d["id"]: d["words"] for d in map(json.loads, filter(str.strip, f))}
 
 
 def _nonspeech(count: int, rng: np.random.Generator, out_dir: Path) -> list[Utterance]:
@@ -150,11 +200,15 @@ def _write_part(out_dir: Path, audio_dir: Path, parts: dict[str, list[Recording]
         by_speaker = defaultdict(list)
         for r in recs:
             by_speaker[r.speaker].append(r)
-        connected = []
+        connected, truth = [], []
         for s_i, (speaker, srecs) in enumerate(sorted(by_speaker.items())):
             rng = np.random.default_rng([seed, p_i, s_i])
-            connected += _connected(srecs, counts[part], rng, audio_dir / part, f"{part}-{speaker}")
-        write_manifest(out_dir / f"{part}_connected.jsonl", connected)
+            utts, words = _connected(srecs, counts[part], rng, audio_dir / part, f"{part}-{speaker}")
+            connected += utts
+            truth += words
+        manifest = out_dir / f"{part}_connected.jsonl"
+        write_manifest(manifest, connected)
+        words_path(manifest).write_text("".join(json.dumps(t) + "\n" for t in truth), encoding="utf-8")
         written[part] = (len(recs), len(connected))
     nonspeech = _nonspeech(NONSPEECH, np.random.default_rng([seed, 99]), audio_dir / "nonspeech")
     write_manifest(out_dir / "train_nonspeech.jsonl", nonspeech)
