@@ -13,6 +13,12 @@ one speaker, resampled to 16 kHz, joined by short silences, transcript the digit
 FIVE THREE"). The five FSDD speakers map to numeric ids; each part uses two of them with two
 chapters each. Everything is deterministic for a seed, archives included (zero mtimes).
 
+``build_lm_layout(root, texts)`` adds openslr resource 11 in miniature: ``root/11/`` holds
+3-gram.pruned.1e-7.arpa.gz (a real 3-gram) and 4-gram.arpa.gz (a real 4-gram), both upper case
+like the originals and estimated from ``texts`` (``arpa_text``: absolute discounting with
+backoff, normalized), librispeech-vocab.txt, librispeech-lexicon.txt (letters as "phones") and
+md5sum.txt.
+
 Helpers for fault tests: ``write_md5_list`` (re-publish after replacing an archive),
 ``corrupt`` (bytes that no longer match md5sum.txt), ``hostile_archive`` (a member with "..",
 an absolute member, a symlink leading out), ``truncate`` (a FLAC cut short). A plain module:
@@ -20,10 +26,13 @@ import it from any test.
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
+import math
 import tarfile
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +127,73 @@ def write_md5_list(root: str | Path, resource: int) -> dict[str, str]:
             for p in sorted(folder.glob(f"*{ARCHIVE_SUFFIX}"))}
     (folder / MD5_LIST).write_text("".join(f"{md5}  {name}\n" for name, md5 in sums.items()))
     return {name[: -len(ARCHIVE_SUFFIX)]: md5 for name, md5 in sums.items()}
+
+
+def build_lm_layout(root: str | Path, texts, extra_words=("ZEBRA", "QUILT")) -> dict:
+    """Write root/11/ in the layout of openslr resource 11 from ``texts`` (upper-case
+    sentences): two gzipped ARPA files, the vocabulary (every word of ``texts`` plus
+    ``extra_words``, sorted), a lexicon and md5sum.txt. Returns {"folder", "md5" {name: md5},
+    "words" (the vocabulary), "orders" {ARPA name: order}}."""
+    folder = Path(root) / "11"
+    folder.mkdir(parents=True, exist_ok=True)
+    sentences = [t.split() for t in texts if t.split()]
+    words = sorted({w for s in sentences for w in s} | set(extra_words))
+    orders = {"3-gram.pruned.1e-7.arpa.gz": 3, "4-gram.arpa.gz": 4}
+    for name, order in orders.items():
+        with open(folder / name, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
+            gz.write(arpa_text(sentences, order, vocab=words).encode())
+    (folder / "librispeech-vocab.txt").write_text("".join(f"{w}\n" for w in words))
+    (folder / "librispeech-lexicon.txt").write_text("".join(f"{w}\t{' '.join(w)}\n" for w in words))
+    sums = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())
+            if p.name != MD5_LIST}
+    (folder / MD5_LIST).write_text("".join(f"{md5}  {name}\n" for name, md5 in sums.items()))
+    return {"folder": folder, "md5": sums, "words": words, "orders": orders}
+
+
+def arpa_text(sentences: list[list[str]], order: int, discount: float = 0.5, vocab=()) -> str:
+    """A valid ARPA back-off LM of ``order`` from word lists: add-one unigrams (over the words
+    of ``sentences``, those of ``vocab`` and <unk>), higher orders with absolute ``discount``
+    and back-off weights that normalize every context's distribution; "<s>" gets -99 like
+    SRILM and KenLM write it."""
+    grams: list[Counter] = [Counter() for _ in range(order + 1)]
+    for words in sentences:
+        seq = ["<s>", *words, "</s>"]
+        for n in range(1, order + 1):
+            grams[n].update(tuple(seq[i:i + n]) for i in range(len(seq) - n + 1))
+    grams[1].update({(w,): 0 for w in vocab})
+    context_total: Counter = Counter()
+    for n in range(2, order + 1):
+        for g, c in grams[n].items():
+            context_total[g[:-1]] += c
+    unigrams = {g[0]: c for g, c in grams[1].items() if g[0] != "<s>"} | {"<unk>": 0}
+    total, size = sum(unigrams.values()), len(unigrams)
+
+    @functools.lru_cache(maxsize=None)
+    def prob(w: str, h: tuple) -> float:
+        if not h:
+            return (unigrams.get(w, 0) + 1) / (total + size)
+        c = grams[len(h) + 1].get((*h, w), 0)
+        if c:
+            return (c - discount) / context_total[h]
+        return backoff(h) * prob(w, h[1:])
+
+    @functools.lru_cache(maxsize=None)
+    def backoff(h: tuple) -> float:
+        seen = [g[-1] for g in grams[len(h) + 1] if g[:-1] == h]
+        if not seen:
+            return 1.0
+        left = 1 - sum((grams[len(h) + 1][(*h, w)] - discount) / context_total[h] for w in seen)
+        return left / max(1 - sum(prob(w, h[1:]) for w in seen), 1e-9)
+
+    lines = ["\\data\\"] + [f"ngram {n}={len(grams[n]) + (n == 1)}" for n in range(1, order + 1)]
+    for n in range(1, order + 1):
+        lines += ["", f"\\{n}-grams:"]
+        entries = sorted(grams[n]) + ([("<unk>",)] if n == 1 else [])
+        for g in entries:
+            p = -99.0 if g == ("<s>",) else math.log10(prob(g[-1], g[:-1]))
+            bo = f"\t{math.log10(backoff(g)):.6f}" if n < order and g in context_total else ""
+            lines.append(f"{p:.6f}\t{' '.join(g)}{bo}")
+    return "\n".join(lines + ["", "\\end\\", ""])
 
 
 def corrupt(path: str | Path, nbytes: int = 64) -> None:
