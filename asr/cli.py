@@ -9,9 +9,11 @@
     asr train --train M|SHARDS ... --dev M --exp DIR [--config YAML] [--set section.key=value ...]
               [--tokens FILE] [--distribute auto|none|mirrored|multi-worker] [--mixed-precision]
     asr average --exp DIR --last N --out DIR
-    asr evaluate --model DIR --manifest M --out DIR
+    asr evaluate --model DIR --manifest M --out DIR [decoder options: asr/cli_decoding.py]
+    asr tune --model DIR --manifest DEV --lm LM --out decoder.json
+    asr lm --text FILE ... --order N --out LM.arpa
     asr results --eval DIR --out RESULTS.md
-    asr transcribe PATH ... [--model DIR|FILE.tflite] [--format text|json]
+    asr transcribe PATH ... [--model DIR|FILE.tflite] [--format txt|tsv|json|srt|vtt] [--output-dir DIR]
     asr export MODEL_DIR -o model.tflite [--quantization float32|float16|dynamic|int8] [--verify M ...]
     asr info MODEL_DIR|FILE.tflite
     asr publish --model DIR --dest DIR [--metrics NAME=SUMMARY.json ...] [--reference NAME=SUMMARY.json ...]
@@ -24,6 +26,7 @@ import os
 import sys
 from pathlib import Path
 
+from asr.cli_decoding import add_parsers, cmd_evaluate, cmd_transcribe
 
 CORPORA = ("fsdd", "librispeech")
 
@@ -113,25 +116,6 @@ def _add_train(sub):
     p.set_defaults(func=cmd_train)
 
 
-def _add_evaluate(sub):
-    p = sub.add_parser("evaluate", help="WER/CER of a model on a manifest, written to files")
-    p.add_argument("--model", required=True, type=Path, help="model directory")
-    p.add_argument("--manifest", required=True, type=Path)
-    p.add_argument("--out", required=True, type=Path, help="folder for hyps.tsv, errors.txt, summary.json")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.set_defaults(func=cmd_evaluate)
-
-
-def _add_transcribe(sub):
-    p = sub.add_parser("transcribe", help="transcribe audio files, folders or manifests")
-    p.add_argument("paths", nargs="+", help="audio files, folders (searched recursively) or .jsonl manifests")
-    p.add_argument("--model", default=None, help="model directory or .tflite (default: the shipped FSDD model)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for a .tflite model (default: all)")
-    p.add_argument("--format", choices=["text", "json"], default="text", help="text: path<TAB>text lines")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.set_defaults(func=cmd_transcribe)
-
-
 def _add_publish(sub):
     p = sub.add_parser("publish", help="copy a trained model and its measured metrics to a folder")
     p.add_argument("--model", required=True, type=Path)
@@ -145,6 +129,8 @@ def _add_publish(sub):
     p.add_argument("--tflite", type=Path, default=None, help="an exported .tflite to publish as DEST.tflite")
     p.add_argument("--tflite-metrics", nargs="*", default=[], metavar="NAME=SUMMARY.json",
                    help="the .tflite's own evaluation summaries, embedded in its metadata")
+    p.add_argument("--decoder-config", type=Path, default=None,
+                   help="ship this decoder (asr tune's JSON): its word list and LM are copied into DEST")
     p.set_defaults(func=cmd_publish)
 
 
@@ -157,6 +143,8 @@ def _add_export(sub):
     p.add_argument("--calibration", type=Path, default=None, help="manifest of representative audio (int8)")
     p.add_argument("--verify", nargs="+", type=Path, default=None, metavar="MANIFEST",
                    help="also export every quantization mode beside OUTPUT and compare them with Keras")
+    p.add_argument("--decoder-config", type=Path, default=None,
+                   help="embed this decoder (asr tune's JSON: its word list and ARPA LM) instead of the model's own")
     p.set_defaults(func=cmd_export)
 
 
@@ -172,10 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"asr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    commands = (_add_download, _add_prepare, _add_tokens, _add_features, _add_train, _add_average, _add_evaluate,
-                _add_results, _add_transcribe, _add_export, _add_info, _add_publish)
+    commands = (_add_download, _add_prepare, _add_tokens, _add_features, _add_train, _add_average,
+                _add_results, _add_export, _add_info, _add_publish)
     for add in commands:
         add(sub)
+    add_parsers(sub, cmd_transcribe, cmd_evaluate)  # transcribe, evaluate, tune, lm
     return parser
 
 
@@ -281,40 +270,10 @@ def cmd_results(args) -> int:
     return 0
 
 
-def cmd_evaluate(args) -> int:
-    from asr.evaluation import evaluate, summary_line
-
-    summary = evaluate(args.model, args.manifest, args.out, batch_size=args.batch_size)
-    print(f"{args.manifest}: {summary_line(summary)} -> {args.out}")
-    for failure in summary["failures"]:
-        print(f"error: {failure}", file=sys.stderr)
-    return 0
-
-
-def cmd_transcribe(args) -> int:
-    from asr.transcription import default_model, default_model_note, expand_inputs, load_recognizer
-
-    paths, problems = expand_inputs(args.paths)
-    results = list(problems)
-    if paths:
-        recognizer = load_recognizer(args.model, num_threads=args.threads)
-        if args.model is None:  # once per command: the shipped model knows digits only
-            print(default_model_note(default_model(), recognizer.corpus), file=sys.stderr, flush=True)
-        results += recognizer.transcribe_files(paths, batch_size=args.batch_size)
-    for res in results:
-        if res.error:
-            print(f"error: {res.path}: {res.error}", file=sys.stderr)
-        elif args.format == "text":
-            print(f"{res.path}\t{res.text}")
-    if args.format == "json":
-        print(json.dumps([r.to_dict() for r in results], ensure_ascii=False, indent=1))
-    return 1 if any(r.error for r in results) else 0
-
-
 def cmd_export(args) -> int:
     from export.convert import QUANTIZATIONS, export_model
 
-    out = export_model(args.model, args.output, args.quantization, args.calibration)
+    out = export_model(args.model, args.output, args.quantization, args.calibration, _decoder_config(args))
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {args.quantization})")
     if not args.verify:
         return 0
@@ -361,15 +320,29 @@ def _summaries(items: list[str]) -> dict:
     return out
 
 
+def _decoder_config(args) -> dict | None:
+    if args.decoder_config is None:
+        return None
+    try:
+        return json.loads(Path(args.decoder_config).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{args.decoder_config}: cannot read the decoder config ({err})") from None
+
+
 def cmd_publish(args) -> int:
     from asr.checkpoint import publish_model
 
     dest = publish_model(args.model, args.dest, _summaries(args.metrics), _summaries(args.reference), args.reference_note)
+    if args.decoder_config is not None:
+        from asr.decoding import write_model_decoding
+
+        write_model_decoding(dest, _decoder_config(args))
     print(f"published {args.model} -> {dest}")
     if args.tflite:
         from export.metadata import publish_tflite
 
-        out = publish_tflite(args.tflite, dest.with_suffix(".tflite"), _summaries(args.tflite_metrics))
+        out = publish_tflite(args.tflite, dest.with_suffix(".tflite"), _summaries(args.tflite_metrics),
+                             decoder_config=_decoder_config(args))
         print(f"published {args.tflite} -> {out}")
     return 0
 
@@ -378,7 +351,7 @@ def _needs_tensorflow(args) -> bool:
     """Only the Keras paths import TensorFlow; a .tflite model never does."""
     if args.command in ("train", "export", "average", "features"):
         return True
-    if args.command in ("evaluate", "transcribe"):
+    if args.command in ("evaluate", "transcribe", "tune"):
         from asr.transcription import default_model
 
         model = args.model or default_model()

@@ -119,12 +119,14 @@ def summary_line(s: dict) -> str:
     )
 
 
-def evaluate(model, manifest, out_dir, batch_size: int = 32) -> dict:
-    """Transcribe every utterance of ``manifest`` with ``model`` (a model directory) and write
-    the results to ``out_dir``. Unreadable audio is listed under "failures" and not scored."""
+def evaluate(model, manifest, out_dir, batch_size: int = 32, decoding: dict | None = None) -> dict:
+    """Transcribe every utterance of ``manifest`` with ``model`` (a model directory or .tflite)
+    and write the results to ``out_dir``. ``decoding``: asr.decoding.DecoderConfig fields over
+    the model's own defaults (None: greedy). Unreadable audio is listed under "failures" and not
+    scored; summary.json records the decoder."""
     from asr.transcription import load_recognizer
 
-    recognizer = load_recognizer(model)
+    recognizer = load_recognizer(model) if decoding is None else load_recognizer(model, decoding=decoding)
     utts = read_manifest(manifest)
     results = recognizer.transcribe_files([u.audio for u in utts], batch_size=batch_size)
     ids, refs, hyps, failures = [], [], [], []
@@ -136,6 +138,8 @@ def evaluate(model, manifest, out_dir, batch_size: int = 32) -> dict:
         refs.append(utt.text)
         hyps.append(res.text)
     info = {"model": str(model), "model_path": str(Path(model).resolve()), "manifest": str(manifest)}
+    decoder = getattr(recognizer, "decoder", None)
+    info["decoder"] = decoder.config.to_dict() if decoder is not None else {"kind": "greedy"}
     return write_results(out_dir, ids, refs, hyps, failures, info)
 
 

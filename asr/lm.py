@@ -44,6 +44,10 @@ LMPLZ_MIN_MEMORY_MB = 256  # lmplz's -S: ten times the text's size within [this,
 PROGRESS_MIN_BYTES = 1 << 20  # lm_command shows a progress bar for text files at least this big
 
 
+UNITS = ("words", "chars")  # what lm_command counts: words, or characters (a token LM)
+TOKEN_SEPARATOR = "|"  # the space of a character LM (an ARPA word cannot be a space)
+
+
 class LMError(ValueError):
     """An LM file or LM build that cannot be used; the one-line message names the file."""
 
@@ -325,13 +329,27 @@ def _file_texts(p: Path, bar, vocabulary: set) -> Iterator[str]:
         raise LMError(f"{p}: not UTF-8 text") from None
 
 
-def lm_command(texts_files: list[Path], order: int, out: Path, lmplz: str | None | bool = None) -> dict:
+def as_characters(text: str) -> str:
+    """A normalized sentence as the "words" of a character LM: "one two" -> "o n e | t w o"."""
+    return " ".join(TOKEN_SEPARATOR if c == " " else c for c in text)
+
+
+def lm_command(texts_files: list[Path], order: int, out: Path, lmplz: str | None | bool = None,
+               units: str = "words") -> dict:
     """``asr lm``: normalize the lines of ``texts_files`` (plain text, one sentence a line, or .jsonl
     manifests), build the LM at ``out`` (``build_lm``) and write its vocabulary at ``vocab_path(out)``.
-    Returns build_lm's summary plus "arpa", "vocabulary" (paths) and "vocabulary_size"."""
+    ``units="chars"`` builds a character LM instead (``as_characters``: the space spelled
+    TOKEN_SEPARATOR), for beam search without a lexicon; its vocabulary file lists the words of the
+    text all the same. Returns build_lm's summary plus "arpa", "vocabulary" (paths) and
+    "vocabulary_size"."""
     _check_order(order)
+    if units not in UNITS:
+        raise ValueError(f"units {units!r}: choose one of {', '.join(UNITS)}")
     seen: set = set()
-    summary = build_lm(_read_texts(texts_files, seen), order, Path(out), lmplz)
+    texts = _read_texts(texts_files, seen)
+    if units == "chars":
+        texts = (as_characters(t) for t in texts)
+    summary = build_lm(texts, order, Path(out), lmplz)
     words = sorted(seen - set(SPECIAL_WORDS))
     vocab = vocab_path(out)
     tmp = vocab.with_name(vocab.name + ".tmp")

@@ -31,12 +31,13 @@ def machine() -> str:
 
 def results_table(exp_dir) -> str:
     exp_dir = Path(exp_dir)
-    rows = ["| experiment | test set | WER | CER | words | utterances | model evaluated |", "|---|---|---|---|---|---|---|"]
+    rows = ["| experiment | test set | decoder | WER | CER | words | utterances | model evaluated |",
+            "|---|---|---|---|---|---|---|---|"]
     for summary in sorted(exp_dir.glob("*/eval*/*/summary.json")):
         s = json.loads(summary.read_text())
         experiment, test = summary.parts[-4], summary.parts[-2]
-        rows.append(f"| {experiment} | {test} | {100 * s['wer']:.2f}% | {100 * s['cer']:.2f}% | {s['words']} | "
-                    f"{s['utterances']} | {s.get('model', 'not recorded')} |")
+        rows.append(f"| {experiment} | {test} | {decoder_label(s)} | {100 * s['wer']:.2f}% | {100 * s['cer']:.2f}% | "
+                    f"{s['words']} | {s['utterances']} | {s.get('model', 'not recorded')} |")
     lines = ["\n".join(rows), "", "| experiment | epochs | best epoch | training time | train audio |", "|---|---|---|---|---|"]
     for log in sorted(exp_dir.glob("*/train.log")):
         epochs = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
@@ -48,6 +49,23 @@ def results_table(exp_dir) -> str:
         lines.append(f"| {log.parent.name} | {len(epochs)} | {best['epoch']} | {total / 60:.1f} min | {hours:.2f} h |")
     lines += ["", f"Machine: {machine()}."]
     return "\n".join(lines)
+
+
+def decoder_label(summary: dict) -> str:
+    """How an evaluation decoded, from its summary's "decoder" (absent: greedy, as before)."""
+    d = summary.get("decoder") or {"kind": "greedy"}
+    if d.get("kind") != "beam":
+        return "greedy"
+    parts = [f"beam {d.get('beam', '')}".strip()]
+    if d.get("lexicon") != "none":
+        parts.append("lexicon" if d.get("lexicon") else "model's lexicon")
+    if d.get("lm") and d.get("lm") != "none":
+        parts.append(f"LM x{d.get('lm_weight', 0):g}")
+    elif not d.get("lm"):
+        parts.append(f"model's LM x{d.get('lm_weight', 0):g}")
+    if d.get("word_score"):
+        parts.append(f"word score {d['word_score']:g}")
+    return ", ".join(parts)
 
 
 def _best_epoch(exp: Path, epochs: list[dict]) -> dict:
@@ -68,15 +86,16 @@ def eval_table(eval_dir, sets=None, title: str = "Results", notes=()) -> str:
     eval_dir = Path(eval_dir)
     if sets is None:
         sets = sorted(p.parent.name for p in eval_dir.glob("*/summary.json"))
-    rows = [f"# {title}", "", "| test set | WER | CER | words | utterances | model evaluated |", "|---|---|---|---|---|---|"]
+    rows = [f"# {title}", "", "| test set | decoder | WER | CER | words | utterances | model evaluated |",
+            "|---|---|---|---|---|---|---|"]
     for name in sets:
         path = eval_dir / name / "summary.json"
         if not path.is_file():
-            rows.append(f"| {name} | not measured | not measured | | | |")
+            rows.append(f"| {name} | | not measured | not measured | | | |")
             continue
         s = json.loads(path.read_text())
-        rows.append(f"| {name} | {100 * s['wer']:.2f}% | {100 * s['cer']:.2f}% | {s['words']} | {s['utterances']} | "
-                    f"{s.get('model', 'not recorded')} |")
+        rows.append(f"| {name} | {decoder_label(s)} | {100 * s['wer']:.2f}% | {100 * s['cer']:.2f}% | {s['words']} | "
+                    f"{s['utterances']} | {s.get('model', 'not recorded')} |")
     rows += [""] + [f"{n}" for n in notes] + ([""] if notes else []) + [f"Machine: {machine()}.", ""]
     return "\n".join(rows)
 

@@ -112,9 +112,9 @@ def decode_text(log_probs: np.ndarray, symbols: list[str], blank: int, word_boun
 
 
 @contextlib.contextmanager
-def quiet_litert_info():
-    """Capture file descriptor 2 during the block and write back everything but XNNPACK_INFO
-    (LiteRT's C++ code writes there directly, below Python's sys.stderr)."""
+def filtered_stderr(drop):
+    """Capture file descriptor 2 during the block (C++ libraries write there directly, below
+    Python's sys.stderr) and write back every line for which ``drop(line: bytes)`` is false."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
@@ -125,9 +125,14 @@ def quiet_litert_info():
             os.dup2(saved, 2)
             os.close(saved)
             captured.seek(0)
-            kept = [line for line in captured.read().splitlines(keepends=True) if line.rstrip() != XNNPACK_INFO]
+            kept = [line for line in captured.read().splitlines(keepends=True) if not drop(line)]
             if kept:
                 os.write(2, b"".join(kept))
+
+
+def quiet_litert_info():
+    """``filtered_stderr`` dropping LiteRT's XNNPACK_INFO line."""
+    return filtered_stderr(lambda line: line.rstrip() == XNNPACK_INFO)
 
 
 class TFLiteModel:

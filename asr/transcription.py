@@ -22,9 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from asr.audio import AudioError, audio_seconds, is_audio_path, load_audio
-from asr.decoding import greedy_ids
 from asr.features import extract
 from asr.model import output_length
+from asr.decoding import shipped_from_dir, shipped_from_metadata
+from asr.text import WORD_BOUNDARY
+from asr.transcript import Segment, Transcript
 from asr.windows import CONTEXT_FRAMES, default_window_frames, output_frames, plan_windows
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -38,23 +40,12 @@ MAX_CHUNK_SECONDS = 600.0  # audio read into memory at a time: 10 min, 38 MB as 
 CORPUS_SCOPE = {"fsdd": "spoken digits (zero to nine) only", "librispeech": "read English speech"}
 
 
-@dataclass(frozen=True)
-class Result:
-    path: str
-    text: str = ""
-    error: str = ""
-    duration: float = 0.0  # seconds of audio
-
-    def to_dict(self) -> dict:
-        d = {"path": self.path, "text": self.text, "duration": round(self.duration, 3)}
-        if self.error:
-            d = {"path": self.path, "error": self.error}
-        return d
+Result = Transcript  # what transcribe_files returns per path (path, duration, segments, error)
 
 
-def expand_inputs(inputs) -> tuple[list[str], list[Result]]:
+def expand_inputs(inputs) -> tuple[list[str], list[Transcript]]:
     """Files, directories (searched recursively for audio) and .jsonl manifests -> audio paths,
-    plus a Result with an error for each input that yields nothing."""
+    plus a Transcript with an error for each input that yields nothing."""
     from asr.manifest import ManifestError, read_manifest
 
     paths, problems = [], []
@@ -63,55 +54,125 @@ def expand_inputs(inputs) -> tuple[list[str], list[Result]]:
         if p.is_dir():
             found = sorted(str(f) for f in p.rglob("*") if f.is_file() and is_audio_path(f))
             if not found:
-                problems.append(Result(str(item), error="directory contains no audio files"))
+                problems.append(Transcript(str(item), error="directory contains no audio files"))
             paths += found
         elif p.suffix == ".jsonl" and p.is_file():
             try:
                 paths += [u.audio for u in read_manifest(p)]
             except ManifestError as err:
-                problems.append(Result(str(item), error=str(err)))
+                problems.append(Transcript(str(item), error=str(err)))
         elif not p.exists():
-            problems.append(Result(str(item), error="no such file or directory"))
+            problems.append(Transcript(str(item), error="no such file or directory"))
         else:
             paths.append(str(item))
     return paths, problems
 
 
 class FileTranscriber:
-    """Files in, Results out. Subclasses set ``sample_rate`` and implement ``transcribe_audio``."""
+    """Files in, Transcripts out. Subclasses set ``sample_rate``, ``symbols``, ``blank``,
+    ``word_boundary`` and implement ``audio_log_probs``; ``decoder`` (asr.decoding.Decoder) is
+    greedy until ``set_decoder`` is called."""
 
     sample_rate: int
+    decoder = None
+    shipped = None  # asr.decoding.ModelDecoding: the lexicon, LM and defaults the model ships
+    vocabulary = None  # asr.text.Vocabulary when the model carries its tokenizer
 
-    def transcribe_audio(self, audios: list[np.ndarray], batch_size: int = 16) -> list[str]:
-        """Texts for mono float32 waveforms [num_samples] at ``sample_rate``."""
+    def audio_log_probs(self, audios: list[np.ndarray], batch_size: int = 16) -> list[np.ndarray]:
+        """Log-probabilities [output_frames_i, vocab] of mono float32 waveforms [num_samples_i]."""
         raise NotImplementedError
 
-    def transcribe_files(self, paths, batch_size: int = 16, progress=None) -> list[Result]:
-        """One Result per path, in order. Files are read until MAX_CHUNK_SECONDS of audio are
-        in memory, then transcribed; ``progress`` (optional) is called with the number of
-        files done after each such chunk."""
-        results: list[Result] = []
+    def set_decoder(self, **given) -> "FileTranscriber":
+        """Decode with the model's defaults (what it ships) overridden by ``given``
+        (asr.decoding.DecoderConfig fields; None = not given)."""
+        from asr.decoding import Decoder, resolve
+
+        self.decoder = Decoder(resolve(self.shipped, **given), self.symbols, self.blank, self.word_boundary,
+                               self.vocabulary, self.shipped)
+        return self
+
+    def _decoder(self):
+        if self.decoder is None:
+            from asr.decoding import Decoder, DecoderConfig
+
+            self.decoder = Decoder(DecoderConfig(), self.symbols, self.blank, self.word_boundary)
+        return self.decoder
+
+    def transcribe_audio(self, audios: list[np.ndarray], batch_size: int = 16) -> list[str]:
+        """Best texts of mono float32 waveforms [num_samples] at ``sample_rate``."""
+        decoder = self._decoder()
+        return [decoder.decode(lp)[0].text for lp in self.audio_log_probs(audios, batch_size)]
+
+    def transcribe_files(self, paths, batch_size: int = 16, progress=None, segment_seconds: float | None = None) -> list[Transcript]:
+        """One Transcript per path, in order. Files are read until MAX_CHUNK_SECONDS of audio
+        are in memory, then transcribed. A file longer than ``segment_seconds`` (None: never)
+        is read in blocks and cut at pauses (asr.segmentation), each segment decoded with its
+        times offset, so memory does not grow with its duration. ``progress`` (optional) is
+        called with the seconds of audio finished since its last call."""
+        results: list[Transcript] = []
+        pending: list[str] = []
+
+        def flush():
+            if pending:
+                results.extend(self._transcribe_chunk(pending, batch_size))
+                if progress:
+                    progress(sum(audio_seconds(p) for p in pending))
+                pending.clear()
+
         for chunk in duration_chunks(paths, MAX_CHUNK_SECONDS):
-            results += self._transcribe_chunk(chunk, batch_size)
-            if progress:
-                progress(len(results))
+            for path in chunk:
+                if segment_seconds is not None and audio_seconds(path) > segment_seconds:
+                    flush()
+                    results.append(self._transcribe_segmented(path, progress))
+                else:
+                    pending.append(path)
+            flush()
         return results
 
-    def _transcribe_chunk(self, paths, batch_size: int) -> list[Result]:
-        results: list[Result] = []
+    def _transcribe_chunk(self, paths, batch_size: int) -> list[Transcript]:
+        results: list[Transcript] = []
         audios: dict[int, np.ndarray] = {}
         for i, path in enumerate(paths):
             try:
                 audios[i] = load_audio(path, self.sample_rate)
-                results.append(Result(str(path), duration=len(audios[i]) / self.sample_rate))
+                results.append(Transcript(str(path), duration=len(audios[i]) / self.sample_rate))
             except AudioError as err:
-                results.append(Result(str(path), error=str(err)))
+                results.append(Transcript(str(path), error=str(err)))
             except OSError as err:
-                results.append(Result(str(path), error=f"cannot read: {err.strerror or err}"))
-        texts = self.transcribe_audio(list(audios.values()), batch_size) if audios else []
-        for i, text in zip(audios, texts):
-            results[i] = Result(results[i].path, text=text, duration=results[i].duration)
+                results.append(Transcript(str(path), error=f"cannot read: {err.strerror or err}"))
+        decoder = self._decoder()
+        log_probs = self.audio_log_probs(list(audios.values()), batch_size) if audios else []
+        for i, lp in zip(audios, log_probs):
+            hyps = decoder.decode(lp)
+            best, duration = hyps[0], results[i].duration
+            segment = Segment(0.0, duration, best.text, best.words)
+            results[i] = Transcript(results[i].path, duration, (segment,) if best.text else (),
+                                    nbest=tuple(h.text for h in hyps) if len(hyps) > 1 else ())
         return results
+
+    def _transcribe_segmented(self, path, progress=None) -> Transcript:
+        """A long file: voice-activity segments (asr.segmentation), each decoded alone."""
+        from asr.segmentation import speech_segments
+
+        decoder = self._decoder()
+        segments, done = [], 0.0
+        try:
+            duration = audio_seconds(path)
+            for piece in speech_segments(path, sample_rate=self.sample_rate):
+                lp = self.audio_log_probs([piece.audio])[0]
+                best = decoder.decode(lp, offset=piece.start)[0]
+                if best.text:
+                    segments.append(Segment(piece.start, piece.end, best.text, best.words))
+                if progress:
+                    progress(piece.end - done)
+                done = piece.end
+        except AudioError as err:
+            return Transcript(str(path), error=str(err))
+        except OSError as err:
+            return Transcript(str(path), error=f"cannot read: {err.strerror or err}")
+        if progress:
+            progress(max(duration - done, 0.0))
+        return Transcript(str(path), duration, tuple(segments))
 
 
 def duration_chunks(paths, max_seconds: float):
@@ -146,6 +207,10 @@ class Recognizer(FileTranscriber):
         self.window_frames = window_frames or default_window_frames(self.config.features.normalization)
         self.context_frames, self.max_frames = context_frames, max_frames
         self._forward = make_forward(self.net, self.config.features.n_mels)
+        vocab = self.vocabulary = self.config.vocabulary
+        self.symbols, self.blank = list(vocab.symbols), vocab.blank
+        self.word_boundary = WORD_BOUNDARY if vocab.kind == "bpe" else None
+        self.shipped = shipped_from_dir(model_dir)
 
     def features(self, audio: np.ndarray) -> np.ndarray:
         """Audio [samples] -> normalized log-mels [frames, n_mels]."""
@@ -177,10 +242,6 @@ class Recognizer(FileTranscriber):
                 out[i][w.first : w.first + w.keep] = scores[w.skip : w.skip + w.keep]
         return out
 
-    def transcribe_audio(self, audios: list[np.ndarray], batch_size: int = 16) -> list[str]:
-        vocab = self.config.vocabulary
-        return [vocab.decode(greedy_ids(scores, vocab.blank)) for scores in self.audio_log_probs(audios, batch_size)]
-
 
 class TFLiteRecognizer(FileTranscriber):
     """A .tflite from ``asr export`` (asr.runtime, no TensorFlow): one utterance per invoke,
@@ -193,9 +254,11 @@ class TFLiteRecognizer(FileTranscriber):
         self.sample_rate = self.model.sample_rate
         self.metadata = self.model.metadata
         self.corpus = self.metadata.get("training_corpus", "")
+        self.symbols, self.blank, self.word_boundary = self.model.symbols, self.model.blank, self.model.word_boundary
+        self.shipped = shipped_from_metadata(self.metadata, path)
 
-    def transcribe_audio(self, audios: list[np.ndarray], batch_size: int = 16) -> list[str]:
-        return [self.model.transcribe(a) for a in audios]
+    def audio_log_probs(self, audios: list[np.ndarray], batch_size: int = 16) -> list[np.ndarray]:
+        return [self.model.log_probs(a) for a in audios]
 
 
 def length_batches(frames: list[int], batch_size: int) -> list[list[int]]:
@@ -230,9 +293,16 @@ def default_model_note(model: Path, corpus: str) -> str:
     return f"note: the default model ({shown}) recognizes {scope}; pass --model for another model"
 
 
-def load_recognizer(model=None, num_threads: int | None = None) -> FileTranscriber:
+def load_recognizer(model=None, num_threads: int | None = None, decoding: dict | None = None) -> FileTranscriber:
     """A recognizer for a model directory (tf_keras) or a .tflite file (ai-edge-litert, no
-    TensorFlow import). Default: ``default_model()``."""
+    TensorFlow import). Default: ``default_model()``. With ``decoding`` (a dict of
+    asr.decoding.DecoderConfig fields, None = not given; {} for none) it decodes as the model
+    ships, overridden by them (the commands' behaviour); without, greedy."""
+    recognizer = _load(model, num_threads)
+    return recognizer.set_decoder(**decoding) if decoding is not None else recognizer
+
+
+def _load(model, num_threads) -> FileTranscriber:
     if model is None:
         model = default_model()
         if model is None:

@@ -23,7 +23,7 @@ import numpy as np
 
 import asr  # noqa: F401
 from asr.frontend import log_mel_graph
-from export.metadata import INPUT_NAME, OUTPUT_NAME, build_metadata, embed
+from export.metadata import INPUT_NAME, OUTPUT_NAME, build_metadata, embed, with_decoder
 
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
 DEFAULT_QUANTIZATION = "dynamic"
@@ -188,17 +188,26 @@ def convert(config, stats, net, quantization: str, calibration: list[np.ndarray]
     return converter.convert()
 
 
-def export_model(model_dir, out, quantization: str = DEFAULT_QUANTIZATION, calibration_manifest=None) -> Path:
+def export_model(model_dir, out, quantization: str = DEFAULT_QUANTIZATION, calibration_manifest=None,
+                 decoder_config: dict | None = None) -> Path:
     """Convert ``model_dir`` to ``out`` with embedded metadata. The file is written to a
-    temporary name beside ``out`` and renamed, so ``out`` is never half-written."""
+    temporary name beside ``out`` and renamed, so ``out`` is never half-written. The decoder the
+    model ships (its decoder.json, word list and LM; or ``decoder_config``, DecoderConfig fields
+    with file paths) goes into the metadata's "decoding" entry, so the file decodes the same."""
     from asr.checkpoint import load_model_dir
+    from asr.decoding import decoding_metadata_of
 
     if quantization == "int8" and calibration_manifest is None:
         raise ExportError("--quantization int8 needs --calibration MANIFEST")
     calibration = calibration_audio(calibration_manifest) if calibration_manifest else None
     config, stats, meta, net = load_model_dir(model_dir)
     flatbuffer = convert(config, stats, net, quantization, calibration)
-    flatbuffer = embed(flatbuffer, build_metadata(config, stats, meta, quantization))
+    metadata = build_metadata(config, stats, meta, quantization)
+    if decoder_config is not None:
+        metadata = with_decoder(metadata, decoder_config)
+    else:
+        metadata["decoding"].update(decoding_metadata_of(model_dir))
+    flatbuffer = embed(flatbuffer, metadata)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")

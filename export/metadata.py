@@ -96,10 +96,23 @@ def embed(tflite: bytes, metadata: dict) -> bytes:
     return bytes(builder.Output())
 
 
-def publish_tflite(src, dest, metrics: dict, references: dict | None = None, reference_note: str = ""):
+def with_decoder(metadata: dict, decoder_config: dict) -> dict:
+    """``metadata`` with ``decoder_config`` (DecoderConfig fields with file paths) shipped in its
+    "decoding" entry: the defaults, the lexicon's words and the ARPA text (asr.decoding.bundle)."""
+    from asr.decoding import META_DECODER, META_LEXICON, META_LM, bundle
+
+    defaults, words, lm_text = bundle(decoder_config)
+    decoding = {k: v for k, v in metadata["decoding"].items() if k not in (META_DECODER, META_LEXICON, META_LM)}
+    decoding.update({k: v for k, v in {META_DECODER: defaults, META_LEXICON: words, META_LM: lm_text}.items() if v})
+    return {**metadata, "decoding": decoding}
+
+
+def publish_tflite(src, dest, metrics: dict, references: dict | None = None, reference_note: str = "",
+                   decoder_config: dict | None = None):
     """Copy ``src`` to ``dest`` (atomically) with ``metrics`` (name -> evaluation summary of
     this very file, checked by asr.checkpoint.own_metrics) in its metadata, and ``references``
-    (summaries of other models) apart under "reference_metrics"."""
+    (summaries of other models) apart under "reference_metrics"; ``decoder_config`` (optional)
+    replaces the decoder it ships (``with_decoder``)."""
     import os
     from pathlib import Path
 
@@ -112,6 +125,8 @@ def publish_tflite(src, dest, metrics: dict, references: dict | None = None, ref
     metadata.pop(REFERENCE_KEY, None)
     if references:
         metadata[REFERENCE_KEY] = reference_metrics(references, src, reference_note)
+    if decoder_config is not None:
+        metadata = with_decoder(metadata, decoder_config)
     tmp = dest.with_name(f".{dest.name}.tmp")
     tmp.write_bytes(embed(src.read_bytes(), metadata))
     os.replace(tmp, dest)

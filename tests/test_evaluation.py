@@ -89,12 +89,25 @@ def test_results_tables_name_the_model_each_row_was_measured_on(tmp_path):
     _write_summary(tmp_path / "split" / "eval-tflite" / "test", "exp/split/model.tflite", 0.25)
     _write_summary(tmp_path / "heldout" / "eval" / "test", "exp/heldout/model", 0.25)
     rows = results_table(tmp_path).splitlines()
-    assert "| split | test | 0.00% | 0.00% | 4 | 1 | exp/split/model |" in rows
-    assert "| split | test | 25.00% | 27.78% | 4 | 1 | exp/split/model.tflite |" in rows
-    assert "| heldout | test | 25.00% | 27.78% | 4 | 1 | exp/heldout/model |" in rows
+    assert "| split | test | greedy | 0.00% | 0.00% | 4 | 1 | exp/split/model |" in rows
+    assert "| split | test | greedy | 25.00% | 27.78% | 4 | 1 | exp/split/model.tflite |" in rows
+    assert "| heldout | test | greedy | 25.00% | 27.78% | 4 | 1 | exp/heldout/model |" in rows
     table = eval_table(tmp_path / "split" / "eval", ["test", "missing"]).splitlines()
-    assert "| test | 0.00% | 0.00% | 4 | 1 | exp/split/model |" in table
-    assert "| missing | not measured | not measured | | | |" in table
+    assert "| test | greedy | 0.00% | 0.00% | 4 | 1 | exp/split/model |" in table
+    assert "| missing | | not measured | not measured | | | |" in table
+
+
+def test_results_tables_name_the_decoder_of_each_row(tmp_path):
+    from asr.evaluation import write_results
+    from asr.report import decoder_label, eval_table
+
+    decoder = {"kind": "beam", "beam": 50, "lexicon": "lang/words.txt", "lm": "lang/3gram.arpa", "lm_weight": 1.5,
+               "word_score": -1.0}
+    write_results(tmp_path / "test-lm", ["u"], ["one two"], ["one two"], [],
+                  {"model": "exp/model", "manifest": "test.jsonl", "decoder": decoder})
+    assert decoder_label({"decoder": decoder}) == "beam 50, lexicon, LM x1.5, word score -1"
+    assert decoder_label({}) == "greedy"
+    assert "| test-lm | beam 50, lexicon, LM x1.5, word score -1 | 0.00% |" in eval_table(tmp_path)
 
 
 def test_training_dev_wer_is_scored_like_evaluate(fsdd_dir, tmp_path):

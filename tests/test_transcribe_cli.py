@@ -122,7 +122,7 @@ def test_directory_and_manifest_inputs_and_json_output(shipped, inputs, tmp_path
     write_manifest(manifest, [Utterance(n, str(fsdd_dir / f"{n}.wav"), 0.5, "") for n in names])
     out = run_transcribe("--format", "json", folder, manifest)
     assert out.returncode == 1  # the folder holds the bad files too
-    records = {r["path"]: r for r in json.loads(out.stdout)}
+    records = {r["path"]: r for r in map(json.loads, out.stdout.splitlines())}  # one object per file
     assert records[str(fsdd_dir / "2_lucas_1.wav")]["text"] == "two"
     assert records[str(fsdd_dir / "5_lucas_1.wav")]["text"] == "five"
     assert records[str(folder / "stereo.wav")]["text"] == "seven"

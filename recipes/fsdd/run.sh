@@ -5,7 +5,10 @@
 #
 # --data-dir DIR   use an existing copy (a folder holding recordings/) instead of downloading
 # Stages: 0 download, 1 prepare, 2 train (the dataset's own split: all five speakers),
-#         3 evaluate, 4 export (dynamic-int8 .tflite, evaluated too), 5 publish to models/local/
+#         3 evaluate: greedy, then a digit trigram LM from the training transcripts (asr lm), its
+#           weight and the word score tuned on dev (asr tune), and beam search with the digit
+#           lexicon and that LM, 4 export (dynamic-int8 .tflite carrying the lexicon and LM,
+#           evaluated too), 5 publish to models/local/
 #         (git-ignored; asr transcribe prefers it to the shipped models/fsdd*).
 #         Each stage writes exp/.done-<stage> and is skipped when that marker exists; training
 #         and the feature cache resume after a kill.
@@ -52,14 +55,22 @@ train() {  # isolated digits listed twice
     --dev "$m/dev.jsonl" "$m/dev_connected.jsonl" 2>&1 | grep --line-buffered -v '^[IWE]0000\|absl::InitializeLog'
 }
 
-evaluate() {  # the model on the isolated and connected test sets
+evaluate() {  # the model on the isolated and connected test sets: greedy, then lexicon + LM
+  local m=data/manifests/split
   for part in test test_connected; do
-    "$asr" evaluate --model exp/split/model --manifest "data/manifests/split/$part.jsonl" --out "exp/split/eval/$part"
+    "$asr" evaluate --model exp/split/model --manifest "$m/$part.jsonl" --out "exp/split/eval/$part" --decoder greedy
+  done
+  "$asr" lm --text "$m/train.jsonl" "$m/train_connected.jsonl" --order 3 --out exp/lm/digits.arpa
+  "$asr" tune --model exp/split/model --manifest "$m/dev.jsonl" "$m/dev_connected.jsonl" \
+    --lexicon exp/lm/digits.vocab.txt --lm exp/lm/digits.arpa --out exp/split/decoder.json
+  for part in test test_connected; do
+    "$asr" evaluate --model exp/split/model --manifest "$m/$part.jsonl" --out "exp/split/eval/$part-lm" \
+      --decoder-config exp/split/decoder.json
   done
 }
 
-export_tflite() {
-  "$asr" export exp/split/model -o exp/split/model.tflite --quantization dynamic
+export_tflite() {  # the .tflite decodes with the lexicon and LM by default
+  "$asr" export exp/split/model -o exp/split/model.tflite --quantization dynamic --decoder-config exp/split/decoder.json
   for part in test test_connected; do
     "$asr" evaluate --model exp/split/model.tflite --manifest "data/manifests/split/$part.jsonl" \
       --out "exp/split/eval-tflite/$part"
@@ -67,9 +78,11 @@ export_tflite() {
 }
 
 publish() {
-  "$asr" publish --model exp/split/model --dest "$root/models/local/fsdd" \
+  "$asr" publish --model exp/split/model --dest "$root/models/local/fsdd" --decoder-config exp/split/decoder.json \
     --metrics "isolated_test=exp/split/eval/test/summary.json" \
               "connected_test=exp/split/eval/test_connected/summary.json" \
+              "isolated_test_lm=exp/split/eval/test-lm/summary.json" \
+              "connected_test_lm=exp/split/eval/test_connected-lm/summary.json" \
     --tflite exp/split/model.tflite \
     --tflite-metrics "isolated_test=exp/split/eval-tflite/test/summary.json" \
                      "connected_test=exp/split/eval-tflite/test_connected/summary.json"
