@@ -52,7 +52,10 @@ def run_recipe(*args, work: Path) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_recipe_offline_end_to_end(tmp_path, librispeech_dir, fsdd_dir):
     mirror = build_mirror(tmp_path / "mirror", PARTS, librispeech_dir, fsdd_dir)
-    lm_layout = build_lm_layout(tmp_path / "mirror", mirror["texts"].values())
+    # The LM and its vocabulary from the training transcripts (digit words), plus two words the
+    # LM text lacks: every letter of the vocabulary is then one the tiny BPE model can spell.
+    train_texts = [mirror["texts"][u] for u in mirror["utterances"]["train-clean-5"]]
+    lm_layout = build_lm_layout(tmp_path / "mirror", train_texts, extra_words=("SEVENTEEN", "FIFTEEN"))
     conf = tmp_path / "tiny.yaml"
     conf.write_text(TINY_YAML)
     work = tmp_path / "work"
