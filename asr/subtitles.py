@@ -105,7 +105,7 @@ def subtitle_cues(transcript: Transcript) -> list[Cue]:
             raw += _word_groups(seg)
         else:
             raw.append((seg.start, seg.end, text))
-    limit = _ms(transcript.duration) if transcript.duration > 0 else None
+    limit = int(transcript.duration * 1000) if transcript.duration > 0 else None  # floor: never past the end
     cues: list[Cue] = []
     for start, end, text in raw:
         lo = max(_ms(start), cues[-1].end_ms if cues else 0, 0)

@@ -93,9 +93,19 @@ sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
-def run_transcribe(model: Path, wav: Path) -> tuple[str, float, float, str]:
-    """(transcript, wall seconds, peak RSS in MB, stderr) of ``asr transcribe`` in a child."""
-    cmd = [sys.executable, "-m", "asr", "transcribe", "--model", str(model), "--threads", "1", str(wav)]
+# How each file is transcribed (asr transcribe options): as subtitles, cut at pauses and decoded as
+# the model ships (beam search, lexicon, LM), the same with greedy decoding, and one windowed pass
+# over the whole file with greedy decoding (compared with one pass without windows).
+MODES = {"srt, lexicon + LM": ["--format", "srt"], "srt, greedy": ["--format", "srt", "--decoder", "greedy"],
+         "windowed whole file, greedy": ["--no-vad", "--decoder", "greedy"]}
+
+
+def run_transcribe(model: Path, wav: Path, options: list[str], out_dir: Path) -> tuple[str, float, float, str, dict]:
+    """(transcript, wall seconds, peak RSS in MB, stderr, subtitle checks) of ``asr transcribe``
+    in a child; subtitles are parsed with the ``srt`` library."""
+    cmd = [sys.executable, "-m", "asr", "transcribe", "--model", str(model), "--threads", "1", str(wav), *options]
+    if "srt" in options:
+        cmd += ["--output-dir", str(out_dir)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", MEASURE, *cmd], capture_output=True, text=True, env=env, cwd=ROOT)
@@ -103,7 +113,16 @@ def run_transcribe(model: Path, wav: Path) -> tuple[str, float, float, str]:
     *stderr, rss_kb = out.stderr.splitlines()
     if out.returncode != 0:
         raise SystemExit(f"asr transcribe failed ({out.returncode}):\n{out.stderr}")
-    return out.stdout.split("\t", 1)[1].strip(), wall, int(rss_kb) / 1024, "\n".join(stderr)
+    if "srt" not in options:
+        return out.stdout.split("\t", 1)[1].strip(), wall, int(rss_kb) / 1024, "\n".join(stderr), {}
+    import soundfile as sf
+    import srt
+
+    cues = list(srt.parse((out_dir / f"{wav.stem}.srt").read_text(encoding="utf-8")))
+    times = [t.total_seconds() for c in cues for t in (c.start, c.end)]
+    checks = {"cues": len(cues), "times_monotonic": times == sorted(times) and all(c.end > c.start for c in cues),
+              "inside_file": bool(times) and times[0] >= 0 and times[-1] <= sf.info(str(wav)).duration}
+    return " ".join(c.content for c in cues), wall, int(rss_kb) / 1024, "\n".join(stderr), checks
 
 
 def wer(ref: str, hyp: str) -> float:
@@ -122,11 +141,15 @@ def bench_lengths(model: Path, minutes: list[float], clips, work: Path) -> list[
     for m in minutes:
         wav = work / f"long_{m:g}min.wav"
         ref = write_long_audio(wav, m * 60, clips, seed=int(m * 10))
-        text, wall, rss, stderr = run_transcribe(model, wav)
-        row = {"minutes": m, "file_mb": round(wav.stat().st_size / 1e6, 1), "peak_rss_mb": round(rss, 1),
-               "wall_seconds": round(wall, 2), "rtf": round(wall / (m * 60), 4),
-               "wer_vs_digits": round(wer(ref, text), 4), "words": len(ref.split()), "stderr": stderr}
-        if m <= WHOLE_MAX_MINUTES:  # one whole pass still fits: compare
+        row = {"minutes": m, "file_mb": round(wav.stat().st_size / 1e6, 1), "words": len(ref.split()), "modes": {}}
+        for mode, options in MODES.items():
+            text, wall, rss, stderr, checks = run_transcribe(model, wav, options, work)
+            row["modes"][mode] = {"peak_rss_mb": round(rss, 1), "wall_seconds": round(wall, 2),
+                                  "rtf": round(wall / (m * 60), 4), "wer_vs_digits": round(wer(ref, text), 4),
+                                  "stderr": stderr, **checks}
+            print(f"{m:g} min, {mode}: peak RSS {rss:.0f} MB, RTF {wall / (m * 60):.4f}, WER {wer(ref, text):.2%} {checks}",
+                  flush=True)
+        if m <= WHOLE_MAX_MINUTES:  # one whole pass still fits: compare the last mode's text with it
             pcm = load_audio(wav)
             whole = TFLiteModel(model, num_threads=1, max_frames=10**9).transcribe(pcm)
             row["same_as_whole_pass"] = whole == text
@@ -136,8 +159,7 @@ def bench_lengths(model: Path, minutes: list[float], clips, work: Path) -> list[
             row["float_weights_same_as_whole_pass"] = windowed == TFLiteModel(
                 floated, num_threads=1, max_frames=10**9).transcribe(pcm)
         rows.append(row)
-        print(f"{m:g} min: peak RSS {rss:.0f} MB, RTF {row['rtf']}, WER {row['wer_vs_digits']:.2%}, same as whole "
-              f"pass: {row.get('same_as_whole_pass', 'not run')} (float weights: "
+        print(f"{m:g} min: windowed same as whole pass: {row.get('same_as_whole_pass', 'not run')} (float weights: "
               f"{row.get('float_weights_same_as_whole_pass', 'not run')})", flush=True)
         wav.unlink()
     return rows
@@ -209,16 +231,21 @@ def bench_context(model: Path, clips, work: Path) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| audio | file | peak RSS | RTF (1 thread) | WER vs digits | one whole pass: same text (words differing), "
-             "WER | float weights: same text as one pass |", "|---|---|---|---|---|---|---|"]
+    lines = ["| audio | how | peak RSS | RTF (1 thread) | WER vs digits | subtitle times in order, inside the file |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
-        whole = "not run (too long)"
+        for mode, x in r["modes"].items():
+            cues = f"yes ({x['cues']} cues)" if x.get("times_monotonic") and x.get("inside_file") else (
+                "no" if "cues" in x else "")
+            lines.append(f"| {r['minutes']:g} min | {mode} | {x['peak_rss_mb']:.0f} MB | {x['rtf']} | "
+                         f"{x['wer_vs_digits']:.2%} | {cues} |")
+    lines += ["", "| audio | windowed whole file = one pass: same text (words differing), WER | float weights |",
+              "|---|---|---|"]
+    for r in rows:
         if "same_as_whole_pass" in r:
-            whole = (f"{'yes' if r['same_as_whole_pass'] else 'no'} ({r['word_difference_to_whole_pass']:.2%}), "
-                     f"{r['whole_pass_wer_vs_digits']:.2%}")
-        floated = {True: "yes", False: "no"}.get(r.get("float_weights_same_as_whole_pass"), "not run")
-        lines.append(f"| {r['minutes']:g} min | {r['file_mb']} MB | {r['peak_rss_mb']:.0f} MB | {r['rtf']} | "
-                     f"{r['wer_vs_digits']:.2%} | {whole} | {floated} |")
+            lines.append(f"| {r['minutes']:g} min | {'yes' if r['same_as_whole_pass'] else 'no'} "
+                         f"({r['word_difference_to_whole_pass']:.2%}), {r['whole_pass_wer_vs_digits']:.2%} | "
+                         f"{'yes' if r['float_weights_same_as_whole_pass'] else 'no'} |")
     return "\n".join(lines)
 
 
