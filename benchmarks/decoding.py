@@ -8,9 +8,10 @@ speakers, with the cost of decoding per second of audio and the start-up time of
 ``--manifests`` is the folder ``asr prepare fsdd`` writes. For each split (``split``: the
 dataset's own test split, all five speakers, decoded with --model; ``heldout``: speaker george,
 never seen in training, decoded with --heldout-model, the model benchmarks/selection.py trains
-without him) a word trigram LM is built from that split's training transcripts (``asr lm``), the
-LM weight and word score are tuned on that split's dev sets (``asr tune``), and the test sets
-(isolated, connected) are decoded by each decoder. ``--speech-commands`` adds the digit words of
+without him) a word bigram LM (the order the on-device search of asr/lexicon_beam.py takes) is
+built from that split's training transcripts (``asr lm``), the LM weight and word score are
+tuned on that split's dev sets (``asr tune``), and the test sets (isolated, connected) are
+decoded by each decoder. ``--speech-commands`` adds the digit words of
 Speech Commands' test set (158 speakers none of the models heard; 1 s clips, 16 kHz) decoded with
 --model and the split's tuned decoder.
 """
@@ -75,7 +76,7 @@ def run_split(name: str, model: str, manifests: Path, work: Path, extra: dict) -
 
     work.mkdir(parents=True, exist_ok=True)
     lm = work / "digits.arpa"
-    lm_summary = lm_command([manifests / f for f in TRAIN_TEXT], 3, lm)
+    lm_summary = lm_command([manifests / f for f in TRAIN_TEXT], 2, lm)  # a bigram: what the device search takes
     char_lm = work / "chars.arpa"
     lm_command([manifests / f for f in TRAIN_TEXT], 6, char_lm, units="chars")
     lexicon = work / "digits.vocab.txt"

@@ -5,7 +5,7 @@
 #
 # --data-dir DIR   use an existing copy (a folder holding recordings/) instead of downloading
 # Stages: 0 download, 1 prepare, 2 train (the dataset's own split: all five speakers),
-#         3 evaluate: greedy, then a digit trigram LM from the training transcripts (asr lm), its
+#         3 evaluate: greedy, then a digit bigram LM from the training transcripts (asr lm), its
 #           weight and the word score tuned on dev (asr tune), and beam search with the digit
 #           lexicon and that LM, 4 export (dynamic-int8 .tflite carrying the lexicon and LM,
 #           evaluated too), 5 publish to models/local/
@@ -60,7 +60,7 @@ evaluate() {  # the model on the isolated and connected test sets: greedy, then 
   for part in test test_connected; do
     "$asr" evaluate --model exp/split/model --manifest "$m/$part.jsonl" --out "exp/split/eval/$part" --decoder greedy
   done
-  "$asr" lm --text "$m/train.jsonl" "$m/train_connected.jsonl" --order 3 --out exp/lm/digits.arpa
+  "$asr" lm --text "$m/train.jsonl" "$m/train_connected.jsonl" --order 2 --out exp/lm/digits.arpa
   "$asr" tune --model exp/split/model --manifest "$m/dev.jsonl" "$m/dev_connected.jsonl" \
     --lexicon exp/lm/digits.vocab.txt --lm exp/lm/digits.arpa --out exp/split/decoder.json
   for part in test test_connected; do
