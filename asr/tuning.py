@@ -56,7 +56,8 @@ def tune(model, manifests, out, lexicon=None, lm=None, lm_weights=(0.0, 0.5, 1.0
     log_probs, refs = dev_log_probs(recognizer, manifests, batch_size)
     if not refs:
         raise ValueError(f"no readable utterance in {', '.join(map(str, manifests))}")
-    base = {"kind": "beam", **{k: v for k, v in {"lexicon": lexicon, "lm": lm, "beam": beam}.items() if v is not None}}
+    base = {"kind": "beam", "nbest": 1, "hotwords": [],
+            **{k: v for k, v in {"lexicon": lexicon, "lm": lm, "beam": beam}.items() if v is not None}}
     points = []
     grid = [(w, s) for w in lm_weights for s in word_scores]
     for w, s in tqdm(grid, desc="decoding grid", disable=None, leave=False):

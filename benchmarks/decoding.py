@@ -34,12 +34,14 @@ DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight"
 
 
 def decoders(lexicon: Path, lm: Path, tuned: dict, char_lm: Path) -> dict:
+    """Every setting spelled out: what is left out would come from the decoder the model ships."""
+    beam = {"kind": "beam", "beam": 50, "nbest": 1, "hotwords": [], "lm_weight": 0.0, "word_score": 0.0}
     return {
         "greedy": {"kind": "greedy"},
-        "beam, no lexicon": {"kind": "beam", "lexicon": "none", "lm": "none"},
-        "beam, character LM": {"kind": "beam", "lexicon": "none", "lm": str(char_lm), "lm_weight": 0.5},
-        "lexicon": {"kind": "beam", "lexicon": str(lexicon), "lm": "none"},
-        "lexicon + LM": {"kind": "beam", "lexicon": str(lexicon), "lm": str(lm),
+        "beam, no lexicon": {**beam, "lexicon": "none", "lm": "none"},
+        "beam, character LM": {**beam, "lexicon": "none", "lm": str(char_lm), "lm_weight": 0.5},
+        "lexicon": {**beam, "lexicon": str(lexicon), "lm": "none"},
+        "lexicon + LM": {**beam, "lexicon": str(lexicon), "lm": str(lm),
                          "lm_weight": tuned["lm_weight"], "word_score": tuned["word_score"]},
     }
 

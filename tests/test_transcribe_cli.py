@@ -134,3 +134,28 @@ def test_all_good_inputs_exit_zero(shipped, fsdd_dir):
     out = run_transcribe(fsdd_dir / "0_yweweler_4.wav")
     assert out.returncode == 0, out.stderr
     assert out.stdout == f"{fsdd_dir / '0_yweweler_4.wav'}\tzero\n"
+
+
+def test_subtitle_and_table_outputs_one_file_per_input(shipped, fsdd_dir, tmp_path):
+    """--output-dir writes <stem>.<format> per input; the VTT parses with webvtt-py and the SRT
+    with srt, and their cue times are the JSON's segment; the word lies inside it."""
+    import srt
+    import webvtt
+
+    wavs = [fsdd_dir / "3_lucas_2.wav", fsdd_dir / "8_george_1.wav"]
+    for fmt in ("srt", "vtt", "tsv", "json"):
+        out = run_transcribe(*wavs, "--format", fmt, "--output-dir", tmp_path / fmt)
+        assert out.returncode == 0, out.stderr
+        assert sorted(p.name for p in (tmp_path / fmt).iterdir()) == [f"3_lucas_2.{fmt}", f"8_george_1.{fmt}"]
+    record = json.loads((tmp_path / "json" / "3_lucas_2.json").read_text())
+    (segment,) = record["segments"]
+    (word,) = segment["words"]
+    assert word["word"] == "three" and segment["start"] <= word["start"] < word["end"] <= segment["end"]
+    assert segment["end"] <= record["duration"]
+    (cue,) = srt.parse((tmp_path / "srt" / "3_lucas_2.srt").read_text())
+    assert (cue.content, cue.start.total_seconds(), cue.end.total_seconds()) == ("three", segment["start"], segment["end"])
+    (caption,) = webvtt.from_string((tmp_path / "vtt" / "3_lucas_2.vtt").read_text())
+    seconds = lambda t: sum(float(x) * 60 ** k for k, x in enumerate(reversed(t.split(":"))))  # [HH:]MM:SS.mmm
+    assert (caption.text, seconds(caption.start), seconds(caption.end)) == ("three", segment["start"], segment["end"])
+    rows = (tmp_path / "tsv" / "3_lucas_2.tsv").read_text().splitlines()
+    assert rows == ["start\tend\ttext", f"{round(segment['start'] * 1000)}\t{round(segment['end'] * 1000)}\tthree"]
