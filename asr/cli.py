@@ -2,7 +2,9 @@
 
     asr download fsdd --dest DIR [--url URL]
     asr download librispeech --dest DIR --parts PART|SET ... [--base-url URL] [--jobs N]
+    asr download speech-commands --dest DIR [--url URL]
     asr prepare fsdd --data-dir DIR --out DIR [--heldout-speaker NAME] [--seed N]
+    asr prepare speech-commands --data-dir DIR --out DIR [--words WORD ...]
     asr prepare librispeech --data-dir DIR --out DIR --parts PART|SET ... [--jobs N]
     asr tokens --train M [M ...] --out FILE [--kind chars|bpe] [--vocab-size N]
     asr features --manifest M --out DIR [--config YAML] [--set ...] [--jobs N]
@@ -28,14 +30,14 @@ from pathlib import Path
 
 from asr.cli_decoding import add_parsers, cmd_evaluate, cmd_transcribe
 
-CORPORA = ("fsdd", "librispeech")
+CORPORA = ("fsdd", "librispeech", "speech-commands")
 
 
 def _add_download(sub):
     p = sub.add_parser("download", help="download, verify and unpack a corpus (resumes after a failure)")
     p.add_argument("corpus", choices=CORPORA)
     p.add_argument("--dest", required=True, type=Path, help="folder to unpack into")
-    p.add_argument("--url", default=None, help="FSDD: archive URL (a mirror); default: the corpus's release")
+    p.add_argument("--url", default=None, help="FSDD, Speech Commands: archive URL (a mirror); default: the release")
     p.add_argument("--parts", nargs="+", default=None, metavar="PART",
                    help="LibriSpeech: parts (dev-clean, train-clean-100, ...) or sets (mini, eval, 960)")
     p.add_argument("--base-url", default=None, help="LibriSpeech: mirror of openslr.org/resources")
@@ -56,6 +58,7 @@ def _add_prepare(sub):
     p.add_argument("--seed", type=int, default=0, help="FSDD: seed of the split and the connected digits")
     p.add_argument("--parts", nargs="+", default=None, metavar="PART", help="LibriSpeech: parts or sets")
     p.add_argument("--jobs", type=int, default=None, help="LibriSpeech: parallel readers (default: min(cores, 8))")
+    p.add_argument("--words", nargs="+", default=None, metavar="WORD", help="Speech Commands: only these words")
     p.set_defaults(func=cmd_prepare)
 
 
@@ -177,7 +180,12 @@ def _only_for(args, corpus: str, names: list[str]) -> None:
 
 def cmd_download(args) -> int:
     _only_for(args, "librispeech", ["parts", "base_url", "md5_file"])
-    _only_for(args, "fsdd", ["url"])
+    if args.corpus == "librispeech" and args.url is not None:
+        raise ValueError("--url only applies to fsdd and speech-commands, not librispeech (use --base-url)")
+    if args.corpus == "speech-commands":
+        from asr.corpora import speech_commands
+
+        return speech_commands.run_download(args.dest, url=args.url)
     if args.corpus == "fsdd":
         from asr.corpora import fsdd
 
@@ -194,6 +202,11 @@ def cmd_download(args) -> int:
 def cmd_prepare(args) -> int:
     _only_for(args, "librispeech", ["parts", "jobs"])
     _only_for(args, "fsdd", ["heldout_speaker"])
+    _only_for(args, "speech-commands", ["words"])
+    if args.corpus == "speech-commands":
+        from asr.corpora import speech_commands
+
+        return speech_commands.run_prepare(args.data_dir, args.out, words=args.words)
     if args.corpus == "librispeech":
         from asr.corpora import librispeech
 

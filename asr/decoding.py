@@ -1,8 +1,18 @@
-"""Greedy CTC decoding in pure numpy (the on-device runtime uses it without TensorFlow).
+"""CTC decoding: one interface for greedy and beam search (no TensorFlow anywhere on this path).
+
+- ``greedy_ids`` and friends: the best path in pure numpy (training's dev WER uses them).
+- ``DecoderConfig``: how to decode (``kind`` greedy|beam, beam size, LM weight, word score,
+  N-best, lexicon and LM files, hotwords); ``resolve`` merges what the user gave over what the
+  model ships (``ModelDecoding``: its decoder.json, word list and LM; in a .tflite, the metadata
+  keys decoding.decoder, decoding.lexicon, decoding.lm_arpa).
+- ``Decoder.decode(log_probs, offset)`` -> ``Hypothesis`` list (text, score, timed words):
+  greedy, or beam search (asr.beam over flashlight-text), then word times and confidence from
+  the best path (asr.alignment).
 
 Shapes:
     log_probs [batch, frames, vocab_size] or [frames, vocab_size], any real scores
     lengths   [batch] true output frames of each row
+    path      [frames] one token id per output frame (blanks included)
 """
 from __future__ import annotations
 

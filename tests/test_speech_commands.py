@@ -280,3 +280,23 @@ def test_cli_prepare_prints_counts(corpus, built, tmp_path, capsys):
     assert "prepared 1 words from lists" in out and f"{NOISE} noise clips" in out
     assert "no speaker is in two splits" in out
     assert sum(len(read_manifest(tmp_path / "out" / f"{s}.jsonl")) for s in ("train", "dev", "test")) == n
+
+
+def test_cli_prepares_the_shared_clips_by_word(tmp_path):
+    """asr prepare speech-commands on the shared test-set clips (no lists: which_set puts all 158
+    speakers in test, as the official lists do)."""
+    import subprocess
+    import sys
+
+    from conftest import DATA_DIR, REPO_ROOT
+
+    folder = DATA_DIR / "speech-commands"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is absent (real speech for tests)")
+    out = subprocess.run([sys.executable, "-m", "asr", "prepare", "speech-commands", "--data-dir", str(folder),
+                          "--out", str(tmp_path / "m"), "--words", "yes", "no"], capture_output=True, text=True,
+                         cwd=REPO_ROOT)
+    assert out.returncode == 0, out.stderr
+    test = [json.loads(x) for x in (tmp_path / "m" / "test.jsonl").read_text().splitlines()]
+    assert test and {u["text"] for u in test} == {"yes", "no"}
+    assert not (tmp_path / "m" / "train.jsonl").read_text().strip()
