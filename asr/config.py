@@ -20,6 +20,7 @@ from asr.text import Vocabulary
 
 PIPELINES = ("memory", "stream")  # TrainConfig.pipeline; shard folders as training data always stream
 SELECTIONS = ("dev_loss", "dev_wer")  # TrainConfig.selection
+MAX_VTLP_WARP = 0.5  # TrainConfig.vtlp_warp must be below this (warp factors stay in (0.5, 1.5))
 DIFF_MAX = 80  # config_diff prints values whose repr is longer than this shortened ...
 DIFF_SHOWN = 40  # ... to their first this many characters and their length
 
@@ -42,6 +43,9 @@ class TrainConfig:
     freq_mask_width: int = 10
     time_masks: int = 2
     time_mask_fraction: float = 0.05  # each time mask covers at most this share of frames
+    # Vocal-tract-length perturbation as a mel-axis warp (asr.data.augment.mel_warp): each
+    # training utterance's factor is drawn from [1 - vtlp_warp, 1 + vtlp_warp] (0: off).
+    vtlp_warp: float = 0.0
     max_duration: float = 30.0  # seconds; longer training utterances are skipped and counted
     dev_wer_every: int = 1  # epochs
     average_last: int = 1  # average the weights of this many last epochs (1: no averaging)
@@ -59,6 +63,8 @@ class TrainConfig:
             raise ValueError(f"speed_factors must be one or more positive numbers, got {self.speed_factors}")
         if self.buckets < 1:
             raise ValueError(f"buckets must be >= 1, got {self.buckets}")
+        if not 0.0 <= self.vtlp_warp < MAX_VTLP_WARP:
+            raise ValueError(f"vtlp_warp must be in [0, {MAX_VTLP_WARP}), got {self.vtlp_warp}")
         if self.grad_accum_steps < 1:
             raise ValueError(f"grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
         if self.pipeline not in PIPELINES:

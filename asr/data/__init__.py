@@ -7,7 +7,7 @@
     feature_cache.py its on-disk cache of log-mels (content-keyed, written atomically)
     stream.py        "stream" pipeline: audio decoded and log-mels computed in tf.data
     shard_source.py  shard folders (asr.shards writes them): reading orders, multi-worker shares
-    augment.py       speed perturbation and SpecAugment (numpy and TF)
+    augment.py       speed perturbation, VTLP mel warp and SpecAugment (numpy and TF)
     batching.py      length buckets: bucket_plan, estimate_steps
     part.py          what the three sources share (Part, DataReport, label encoding, seeds)
 
@@ -30,11 +30,13 @@ asr.data.shard_source (shuffled: permuted files, staggered and interleaved recor
 shortest-first: an exact merge; several pipelines: shared by files when there are at least as
 many files as pipelines, each record read by one pipeline). Manifests' utterances are decoded
 only by the pipeline that keeps them.
-Speed factor and SpecAugment masks are drawn per utterance from (seed, pass, utterance) (the
-memory path draws them in its generator, in pass order, exactly as ``make_dataset`` always
-has), so batches do not depend on the parallelism or on how many pipelines share the work.
+Speed factor, VTLP warp factor (training.vtlp_warp > 0: the normalized log-mels are warped
+along the mel axis before the masks, asr.data.augment) and SpecAugment masks are drawn per
+utterance from (seed, pass, utterance) (the memory path draws them in its generator, in pass
+order, exactly as ``make_dataset`` always has; with vtlp_warp 0 no warp factor is drawn), so
+batches do not depend on the parallelism or on how many pipelines share the work.
 The shortest-first pass is not speed-perturbed (factor 1.0, so that it really is in order
-of length); SpecAugment applies to it as to every training pass.
+of length); the VTLP warp and SpecAugment apply to it as to every training pass.
 train=False: one pass in a fixed order (manifest order; record order for shards), no
 speed perturbation, no augmentation.
 
@@ -54,7 +56,7 @@ Batch element (a dict):
 """
 from __future__ import annotations
 
-from asr.data.augment import spec_augment, speed_perturb
+from asr.data.augment import mel_warp, spec_augment, speed_perturb
 from asr.data.batching import NUM_BUCKETS, bucket_plan, estimate_steps
 from asr.data.feature_cache import compute_features
 from asr.data.memory import Example, load_examples, make_dataset
@@ -64,5 +66,5 @@ from asr.data.stream import STREAM_FEATURES
 
 __all__ = [
     "NUM_BUCKETS", "STREAM_FEATURES", "DataReport", "DataSource", "Example", "bucket_plan", "compute_features",
-    "estimate_steps", "load_examples", "make_dataset", "open_data", "spec_augment", "speed_perturb",
+    "estimate_steps", "load_examples", "make_dataset", "mel_warp", "open_data", "spec_augment", "speed_perturb",
 ]

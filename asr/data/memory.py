@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asr.data.augment import draw_masks, spec_augment
+from asr.data.augment import draw_masks, draw_warp, mel_warp, spec_augment
 from asr.data.batching import bucket, bucket_plan
 from asr.data.feature_cache import compute_features
 from asr.data.part import DataReport, Part, encode_text, label_fits
@@ -81,9 +81,9 @@ def make_dataset(
     """tf.data pipeline over ``examples`` (asr.data's module docstring: the batch layout;
     "index" is the position in ``examples``).
 
-    train=True: endless; a new order, speed factor and SpecAugment masks on every pass (use
-    ``estimate_steps`` for steps_per_epoch). train=False: one pass over the unperturbed
-    features in a fixed order, nothing random. (``open_data`` is the newer interface.)"""
+    train=True: endless; a new order, speed factor, VTLP warp (training.vtlp_warp > 0) and
+    SpecAugment masks on every pass (use ``estimate_steps`` for steps_per_epoch). train=False:
+    one pass over the unperturbed features in a fixed order, nothing random. (``open_data`` is the newer interface.)"""
     bounds, sizes = bucket_plan([e.frames for e in examples], cfg.batch_frames, cfg.max_batch_size, cfg.buckets)
     return generator_dataset(examples, spec, stats, cfg, train, seed, first_pass, bounds, sizes)
 
@@ -93,15 +93,16 @@ def generator_dataset(
     sort_frames=None, sortagrad=False, num_pipelines=1, pipeline_id=0, unit=0,
 ):
     """A generator over ``examples``, one pass per call. Pass p draws its order (unless
-    shortest-first), then each utterance's speed copy and masks, in order, from one generator
-    seeded by (seed, p): the draws of positions other pipelines keep are made too (and thrown
-    away), so every utterance gets the same copy and masks whatever ``num_pipelines`` is; with
-    one pipeline and sortagrad off this is ``make_dataset`` as it always was. The
-    shortest-first pass uses copy ``unit`` (speed factor 1.0) throughout."""
+    shortest-first), then each utterance's speed copy, VTLP factor (only when
+    training.vtlp_warp > 0) and masks, in order, from one generator seeded by (seed, p): the
+    draws of positions other pipelines keep are made too (and thrown away), so every utterance
+    gets the same copy, warp and masks whatever ``num_pipelines`` is; with one pipeline and
+    sortagrad off this is ``make_dataset`` as it always was. The shortest-first pass uses copy
+    ``unit`` (speed factor 1.0) throughout."""
     import tensorflow as tf
 
     n_mels = spec.n_mels
-    epoch = [first_pass]  # pass counter: seeds each pass's order, speed factors and masks
+    epoch = [first_pass]  # pass counter: seeds each pass's order, speed factors, warps and masks
 
     def generate():
         p = epoch[0]
@@ -119,11 +120,12 @@ def generator_dataset(
             k = unit if in_order else int(rng.integers(len(ex.feats))) if train else 0
             if pos % num_pipelines != pipeline_id:
                 if train:
+                    draw_warp(rng, cfg)
                     draw_masks(rng, ex.feats[k].shape[0], n_mels, cfg)
                 continue
             feats = normalize(ex.feats[k], spec, stats)
             if train:
-                feats = spec_augment(feats, rng, cfg)
+                feats = spec_augment(mel_warp(feats, draw_warp(rng, cfg)), rng, cfg)
             yield {
                 "features": feats,
                 "feature_lengths": np.int32(feats.shape[0]),

@@ -23,7 +23,7 @@ from asr.model import output_length
 from asr.text import Vocabulary, normalize_text
 
 SEED_MULT = 1_000_003  # stateless seeds: (seed * SEED_MULT + pass * 16 + purpose, utterance or block)
-SEED_SPEED, SEED_MASKS = 1, 2  # the purposes (3 was a shard block shuffle's)
+SEED_SPEED, SEED_MASKS, SEED_WARP = 1, 2, 4  # the purposes (3 was a shard block shuffle's)
 
 
 def pass_seed(seed, p, purpose: int):

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from asr.data.augment import spec_augment_tf
+from asr.data.augment import mel_warp_tf, spec_augment_tf, warp_factor_tf
 from asr.data.batching import bucket, bucket_plan, estimate_steps
 from asr.data.memory import MemoryPart, generator_dataset
-from asr.data.part import SEED_MASKS, DataReport, Part, pass_seed
+from asr.data.part import SEED_MASKS, SEED_WARP, DataReport, Part, pass_seed
 from asr.data.shard_source import ShardPart
 from asr.data.stream import STREAM_FEATURES, StreamPart
 from asr.features import GlobalStats, stats_from_sums
@@ -179,7 +179,8 @@ class DataSource:
                       self.config.features.n_mels)
 
     def _finisher(self, p, seed, train, stats):
-        """(utterance, raw log-mels) -> batch element: normalized, SpecAugment (train), labels."""
+        """(utterance, raw log-mels) -> batch element: normalized, VTLP warp (train, vtlp_warp > 0)
+        and SpecAugment (train), labels."""
         import tensorflow as tf
 
         from asr.frontend import normalize_graph
@@ -194,6 +195,9 @@ class DataSource:
 
         def finish(g, raw):
             feats = normalize_graph(raw, spec, stats)  # the exported frontend's normalization
+            if train and tc.vtlp_warp:
+                alpha = warp_factor_tf(tf.stack([pass_seed(seed, p, SEED_WARP), g]), tc)
+                feats = mel_warp_tf(feats, alpha)
             if train:
                 feats = spec_augment_tf(feats, tf.stack([pass_seed(seed, p, SEED_MASKS), g]), tc)
             labels = tf.numpy_function(lookup, [g], tf.int32)
