@@ -16,7 +16,6 @@ into models/local/ on this machine, else the model shipped in models/.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
