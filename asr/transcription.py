@@ -1,7 +1,10 @@
 """Transcription of files, directories and manifests with a trained model.
 
-``Recognizer.transcribe_files(paths)`` returns one ``Result`` per path, in order; a file that
-cannot be read gets ``Result.error`` (one line) and never stops the others.
+``Recognizer.transcribe_files(paths)`` returns one ``asr.transcript.Transcript`` per path, in
+order (segments with timed words); a file that cannot be read gets ``Transcript.error`` (one
+line) and never stops the others. Log-probabilities become text with the recognizer's
+``asr.decoding.Decoder``: greedy, unless ``set_decoder`` (or ``load_recognizer(decoding=...)``,
+what the commands use) asks for the model's own decoder or another.
 
 Memory is bounded by audio duration, not file count: files are read until MAX_CHUNK_SECONDS
 of audio are in memory (their headers give the duration first), then transcribed; a longer
@@ -9,7 +12,9 @@ file is read and transcribed alone. Inside a model, inputs longer than asr.windo
 output frames (140 s) go through in overlapping windows (asr.windows), so one pass never
 holds more than a window's tensors. The Keras path cuts the waveform into the same windows,
 batches the pieces by length (features [batch, frames, n_mels] with true lengths), and
-stitches each file's central parts back before greedy CTC decoding.
+stitches each file's central parts back before decoding. With ``segment_seconds``, a longer
+file is instead read in blocks and cut at pauses (asr.segmentation), each segment decoded
+with its offset, so memory does not grow with the file.
 
 Without --model, the first of DEFAULT_MODELS that exists is used: what a recipe published
 into models/local/ on this machine, else the model shipped in models/.
