@@ -11,7 +11,7 @@ a pause when there is one. Memory does not grow with the file's length: at most 
 44.1 kHz stereo file peaks at 6.4 MB of Python allocations; the whole file as float32 at
 16 kHz would be 38 MB).
 
-Exact times: ``stream_audio`` produces the same samples as ``asr.audio.load_audio`` on the
+Exact times: ``asr.audio.stream_audio`` produces the same samples as ``asr.audio.load_audio`` on the
 whole file (measured bit-identical: soxr's streaming resampler at HQ quality returns exactly
 ``soxr.resample`` of the whole array for 8, 22.05, 32, 44.1 and 48 kHz input and blocks of
 4096, 12345 and rate/10 samples), so ``seg.audio == load_audio(path)[seg.start_sample:
@@ -36,7 +36,7 @@ counting digits whose speech lies inside one segment of their own:
 
     AudioSegment     start_sample (int, at sample_rate), audio float32 [n], sample_rate (Hz)
     speech_segments  path -> Iterator[AudioSegment], in order, not overlapping
-    stream_audio     path -> Iterator[float32 blocks], mono at sample_rate
+    stream_audio     (asr.audio) path -> Iterator[float32 blocks], mono at sample_rate
 """
 from __future__ import annotations
 
@@ -44,19 +44,15 @@ import os
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-import soundfile as sf
-import soxr
 import webrtcvad
 
-from asr.audio import SAMPLE_RATE, AudioError, _check_riff_length, _reason
+from asr.audio import BLOCK_SECONDS, SAMPLE_RATE, stream_audio
 
 MAX_SEGMENT_SECONDS = 30.0  # longest segment handed to the model
 MIN_SILENCE_SECONDS = 0.5  # a shorter pause between speech regions does not split them
 PAD_SECONDS = 0.2  # kept on each side of a speech region; at most half of MIN_SILENCE_SECONDS
-BLOCK_SECONDS = 1.0  # read size at the file's rate
 VAD_MODE = 3  # webrtcvad aggressiveness 0..3; 3 rejects the most noise
 FRAME_MS = 30  # webrtcvad frame: 480 samples at 16 kHz
 SPLIT_SEARCH_FRACTION = 1 / 3  # a long region is split in the last third of max_seconds (10 s of 30)
@@ -90,61 +86,6 @@ class AudioSegment:
     @property
     def end_sample(self) -> int:
         return self.start_sample + len(self.audio)
-
-
-def _open(path: Path) -> sf.SoundFile:
-    """Open ``path`` for block reading, with the same one-line reasons as load_audio."""
-    if not path.exists():
-        raise AudioError("file not found")
-    if path.is_dir():
-        raise AudioError("is a directory, not an audio file")
-    if path.stat().st_size == 0:
-        raise AudioError("empty file (0 bytes)")
-    _check_riff_length(path)
-    try:
-        return sf.SoundFile(str(path))
-    except (sf.LibsndfileError, RuntimeError) as err:
-        raise AudioError(f"not a readable audio file ({_reason(err)})") from None
-
-
-def stream_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE,
-                 block_seconds: float = BLOCK_SECONDS) -> Iterator[np.ndarray]:
-    """Yield ``path``'s audio as mono float32 blocks at ``sample_rate``, clipped to [-1, 1].
-
-    Concatenated, the blocks equal ``load_audio(path, sample_rate)`` exactly. Each block holds
-    about ``block_seconds`` of audio (the last may be shorter or empty). Raises AudioError
-    (while iterating) for the same problems as load_audio: missing, empty, unreadable,
-    truncated, no samples, NaN or infinite samples.
-    """
-    if block_seconds <= 0:
-        raise ValueError(f"block_seconds must be positive, got {block_seconds}")
-    with _open(Path(path)) as f:
-        rate, declared = f.samplerate, f.frames
-        stream = (soxr.ResampleStream(rate, sample_rate, 1, dtype="float32", quality="HQ")
-                  if rate != sample_rate else None)
-        block = max(1, round(block_seconds * rate))
-        read = 0
-        while True:
-            try:
-                data = f.read(block, dtype="float32", always_2d=True)
-            except (sf.LibsndfileError, RuntimeError) as err:
-                raise AudioError("cannot decode audio, the file may be truncated or corrupt "
-                                 f"({_reason(err)})") from None
-            last = data.shape[0] < block
-            if not np.isfinite(data).all():
-                raise AudioError("contains NaN or infinite samples")
-            read += data.shape[0]
-            mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
-            mono = np.ascontiguousarray(mono, dtype=np.float32)
-            if stream is not None:
-                mono = np.ascontiguousarray(stream.resample_chunk(mono, last=last), dtype=np.float32)
-            yield np.clip(mono, -1.0, 1.0, out=mono)
-            if last:
-                break
-    if read == 0:
-        raise AudioError("contains no samples")
-    if 0 < declared < 2**62 and read < declared:
-        raise AudioError(f"truncated: the header declares {declared} samples, only {read} could be read")
 
 
 class _Segmenter:

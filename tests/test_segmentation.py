@@ -14,9 +14,8 @@ import pytest
 import soundfile as sf
 import soxr
 
-from asr.audio import AudioError, load_audio
-from asr.segmentation import (FRAME_MS, MAX_SEGMENT_SECONDS, PAD_SECONDS, AudioSegment,
-                              speech_segments, stream_audio)
+from asr.audio import AudioError, load_audio, stream_audio
+from asr.segmentation import FRAME_MS, MAX_SEGMENT_SECONDS, PAD_SECONDS, AudioSegment, speech_segments
 
 NOISE_DBFS = -60.0  # faint white noise under the pauses and the speech
 CORE_DB = 35.0  # a frame within 35 dB of the recording's peak frame is speech
