@@ -93,3 +93,19 @@ def tiny_config(*extra: str):
     from asr.config import load_config
 
     return load_config(None, TINY_OVERRIDES + list(extra))
+
+
+# ------------------------------------------------------------------ downloads
+
+@pytest.fixture
+def sleeps():
+    """Delays a download asked for; pass ``sleeps.append`` as its ``sleep`` to record them."""
+    return []
+
+
+@pytest.fixture
+def opts(sleeps):
+    """Download options for tests: no progress bar, sleeps recorded instead of slept."""
+    from asr.corpora.librispeech import FetchOptions
+
+    return FetchOptions(progress=False, sleep=sleeps.append)

@@ -35,12 +35,6 @@ def server(tmp_path):
         yield srv
 
 
-@pytest.fixture
-def sleeps():
-    """Delays download() asked to sleep; pass ``sleeps.append`` as its ``sleep``."""
-    return []  # tests pass sleeps.append as download(sleep=...)
-
-
 def fetch(server, dest, sleeps, **kw):
     kw.setdefault("progress", False)
     return download(server.url("data.bin"), dest, sleep=sleeps.append, **kw)

@@ -62,17 +62,6 @@ def mirror(built_mirror, tmp_path):
                               texts=built_mirror["texts"], sexes=built_mirror["sexes"])
 
 
-@pytest.fixture
-def sleeps():
-    """Delays the downloader asked for; FetchOptions(sleep=sleeps.append) records them."""
-    return []
-
-
-@pytest.fixture
-def opts(sleeps):
-    return FetchOptions(progress=False, sleep=sleeps.append)
-
-
 def paths(server) -> list[str]:
     return [r.path for r in server.requests]
 

@@ -50,11 +50,6 @@ def mirror(tmp_path):
 
 
 @pytest.fixture
-def sleeps():
-    return []
-
-
-@pytest.fixture
 def opts(sleeps):
     return FetchOptions(progress=False, sleep=sleeps.append, retries=2)
 

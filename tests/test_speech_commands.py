@@ -12,7 +12,6 @@ from types import SimpleNamespace
 import pytest
 
 from asr.corpora import speech_commands as sc
-from asr.corpora.librispeech import FetchOptions
 from asr.download import DiskSpaceError, DownloadError
 from asr.manifest import read_manifest
 
@@ -57,16 +56,6 @@ def served(built, tmp_path):
     shutil.copyfile(built["path"], www / sc.ARCHIVE_NAME)
     with FileServer(www) as server:
         yield server, server.url(sc.ARCHIVE_NAME), www / sc.ARCHIVE_NAME
-
-
-@pytest.fixture
-def sleeps():
-    return []
-
-
-@pytest.fixture
-def opts(sleeps):
-    return FetchOptions(progress=False, sleep=sleeps.append)
 
 
 @pytest.fixture
