@@ -25,22 +25,17 @@ import numpy as np
 def greedy_ids(scores: np.ndarray, blank: int = 0) -> list[int]:
     """Best path of one utterance's scores [frames, vocab]: argmax per frame, repeats
     collapsed, blanks dropped."""
-    best = np.asarray(scores).argmax(axis=-1)
+    return collapse_path(np.asarray(scores).argmax(axis=-1), blank)
+
+
+def collapse_path(path, blank: int = 0) -> list[int]:
+    """Token ids of a per-frame path [frames]: repeats collapsed, blanks dropped (CTC's rule)."""
+    best = np.asarray(path, dtype=np.int64)
     if best.size == 0:
         return []
     keep = np.ones(best.shape, dtype=bool)
     keep[1:] = best[1:] != best[:-1]
     return [int(i) for i in best[keep & (best != blank)]]
-
-
-def collapse_path(path, blank: int = 0) -> list[int]:
-    """Token ids of a per-frame path: repeats collapsed, blanks dropped (CTC's rule)."""
-    out, prev = [], None
-    for t in path:
-        if t != prev and t != blank:
-            out.append(int(t))
-        prev = t
-    return out
 
 
 def greedy_decode_batch(scores: np.ndarray, lengths, blank: int = 0) -> list[list[int]]:

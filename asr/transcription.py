@@ -114,22 +114,22 @@ class FileTranscriber:
         times offset, so memory does not grow with its duration. ``progress`` (optional) is
         called with the seconds of audio finished since its last call."""
         results: list[Transcript] = []
-        pending: list[str] = []
+        pending: list[tuple[str, float]] = []  # (path, seconds its header declares)
 
         def flush():
             if pending:
-                results.extend(self._transcribe_chunk(pending, batch_size))
+                results.extend(self._transcribe_chunk([p for p, _ in pending], batch_size))
                 if progress:
-                    progress(sum(audio_seconds(p) for p in pending))
+                    progress(sum(seconds for _, seconds in pending))
                 pending.clear()
 
         for chunk in duration_chunks(paths, MAX_CHUNK_SECONDS):
-            for path in chunk:
-                if segment_seconds is not None and audio_seconds(path) > segment_seconds:
+            for path, seconds in chunk:
+                if segment_seconds is not None and seconds > segment_seconds:
                     flush()
-                    results.append(self._transcribe_segmented(path, progress))
+                    results.append(self._transcribe_segmented(path, seconds, progress))
                 else:
-                    pending.append(path)
+                    pending.append((path, seconds))
             flush()
         return results
 
@@ -154,14 +154,14 @@ class FileTranscriber:
                                     nbest=tuple(h.text for h in hyps) if len(hyps) > 1 else ())
         return results
 
-    def _transcribe_segmented(self, path, progress=None) -> Transcript:
-        """A long file: voice-activity segments (asr.segmentation), each decoded alone."""
+    def _transcribe_segmented(self, path, duration: float, progress=None) -> Transcript:
+        """A long file of ``duration`` seconds: voice-activity segments (asr.segmentation),
+        each decoded alone."""
         from asr.segmentation import speech_segments
 
         decoder = self._decoder()
         segments, done = [], 0.0
         try:
-            duration = audio_seconds(path)
             for piece in speech_segments(path, sample_rate=self.sample_rate):
                 lp = self.audio_log_probs([piece.audio])[0]
                 best = decoder.decode(lp, offset=piece.start)[0]
@@ -180,16 +180,16 @@ class FileTranscriber:
 
 
 def duration_chunks(paths, max_seconds: float):
-    """Yield ``paths`` in order, in groups of at most ``max_seconds`` of audio (durations from
-    the headers; an unreadable header counts 0 s and fails at loading); a file longer than
-    ``max_seconds`` is a group of its own."""
+    """Yield ``paths`` in order with their durations, as lists of (path, seconds) holding at
+    most ``max_seconds`` of audio (durations from the headers, read once; an unreadable header
+    counts 0 s and fails at loading); a file longer than ``max_seconds`` is a list of its own."""
     current, seconds = [], 0.0
     for path in paths:
         length = audio_seconds(path)
         if current and seconds + length > max_seconds:
             yield current
             current, seconds = [], 0.0
-        current.append(path)
+        current.append((path, length))
         seconds += length
     if current:
         yield current
