@@ -17,7 +17,7 @@ Shapes:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 
@@ -103,11 +103,30 @@ class DecoderConfig:
 @dataclass(frozen=True)
 class ModelDecoding:
     """What a model ships for decoding: ``defaults`` (DecoderConfig fields: how the model is
-    decoded when the user says nothing), its word list and its LM file (or None)."""
+    decoded when the user says nothing), its word list, and its LM: a file (``lm``), or the
+    ARPA text of a .tflite's metadata (``lm_text``), written to a file only when a beam search
+    first needs it (``lm_file``), so that greedy decoding and start-up never write it."""
 
     defaults: dict
     words: tuple[str, ...] | None = None
     lm: str | None = None
+    lm_text: str | None = field(default=None, repr=False)
+
+    def lm_file(self) -> str | None:
+        """The LM's path (None without one); ``lm_text`` goes to a temporary file the first
+        time, removed when the process exits (KenLM reads files)."""
+        if self.lm or not self.lm_text:
+            return self.lm
+        import atexit
+        import os
+        import tempfile
+
+        fd, path = tempfile.mkstemp(prefix="asr-lm-", suffix=".arpa")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(self.lm_text)
+        atexit.register(lambda name=path: os.path.exists(name) and os.remove(name))
+        object.__setattr__(self, "lm", path)  # written once: later decoders reuse it
+        return path
 
 
 @dataclass(frozen=True)
@@ -162,8 +181,8 @@ class Decoder:
         lm = None
         if config.lm and config.lm != NONE:
             lm = lm_path(config.lm)
-        elif not config.lm and shipped and shipped.lm:
-            lm = shipped.lm
+        elif not config.lm and shipped and shipped.lm_file():
+            lm = shipped.lm_file()
         if lm and lexicon is None:
             lexicon = self._lm_lexicon(lm)
         elif lm:
@@ -269,12 +288,7 @@ def shipped_from_dir(model_dir) -> ModelDecoding | None:
 
 
 def shipped_from_metadata(metadata: dict, path="model") -> ModelDecoding | None:
-    """The same from a .tflite's metadata; the LM text is written to a temporary file that lives
-    as long as the process (KenLM reads files)."""
-    import atexit
-    import os
-    import tempfile
-
+    """The same from a .tflite's metadata (the LM as its text: ModelDecoding.lm_file)."""
     decoding = metadata.get("decoding") or {}
     if META_DECODER not in decoding:
         return None
@@ -284,13 +298,7 @@ def shipped_from_metadata(metadata: dict, path="model") -> ModelDecoding | None:
     words = decoding.get(META_LEXICON)
     if words is not None and (not isinstance(words, list) or not all(isinstance(w, str) for w in words)):
         raise DecoderError(f"{path}: the metadata's 'decoding.{META_LEXICON}' is not a list of words")
-    lm = None
-    if decoding.get(META_LM):
-        fd, lm = tempfile.mkstemp(prefix="asr-lm-", suffix=".arpa")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(decoding[META_LM])
-        atexit.register(lambda name=lm: os.path.exists(name) and os.remove(name))
-    return ModelDecoding(defaults, tuple(words) if words else None, lm)
+    return ModelDecoding(defaults, tuple(words) if words else None, lm_text=decoding.get(META_LM) or None)
 
 
 def bundle(config: dict) -> tuple[dict, list[str] | None, str | None]:
@@ -347,6 +355,6 @@ def decoding_metadata_of(model_dir) -> dict:
     out = {META_DECODER: shipped.defaults}
     if shipped.words:
         out[META_LEXICON] = list(shipped.words)
-    if shipped.lm:
-        out[META_LM] = Path(shipped.lm).read_text(encoding="utf-8")
+    if shipped.lm_file():
+        out[META_LM] = Path(shipped.lm_file()).read_text(encoding="utf-8")
     return out
