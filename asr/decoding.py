@@ -206,14 +206,13 @@ class Decoder:
     def _lm_lexicon(self, lm: str) -> dict | None:
         """A word LM given without a lexicon: its vocabulary is the lexicon. A token LM (its
         words are the model's symbols): None, lexicon-free search."""
-        from asr.lm import TOKEN_SEPARATOR
         from asr.lexicon import LexiconError
-        from asr.lm import arpa_vocabulary
+        from asr.lm import SPECIAL_WORDS, TOKEN_SEPARATOR, arpa_vocabulary
 
         vocab = arpa_vocabulary(lm)
         if vocab is None:
             raise DecoderError(f"{lm}: a KenLM binary file needs --lexicon (its vocabulary cannot be read)")
-        words = [w for w in vocab if w not in ("<s>", "</s>", "<unk>")]
+        words = [w for w in vocab if w not in SPECIAL_WORDS]
         tokens = set(self.symbols) | {TOKEN_SEPARATOR}
         if words and all(w in tokens for w in words):
             return None
@@ -227,12 +226,12 @@ class Decoder:
 
     def _check_lm_words(self, lm: str) -> None:
         """DecoderError naming ``lm`` when one of its words has a character the model cannot spell."""
-        from asr.lm import arpa_vocabulary
+        from asr.lm import SPECIAL_WORDS, arpa_vocabulary
 
         vocab = arpa_vocabulary(lm) or []
         alphabet = getattr(self.vocabulary, "_alphabet", None) or set("".join(self.symbols))
         for w in vocab:
-            if w in ("<s>", "</s>", "<unk>"):
+            if w in SPECIAL_WORDS:
                 continue
             missing = [c for c in w if c not in alphabet]
             if missing:
@@ -282,7 +281,9 @@ def shipped_from_dir(model_dir) -> ModelDecoding | None:
     defaults = json.loads((model_dir / DECODER_FILE).read_text(encoding="utf-8"))
     words = None
     if (model_dir / LEXICON_FILE).is_file():
-        words = tuple(w for w in (model_dir / LEXICON_FILE).read_text(encoding="utf-8").split() if w)
+        from asr.lexicon import lexicon_words
+
+        words = tuple(lexicon_words(model_dir / LEXICON_FILE))
     lm = str(model_dir / LM_FILE) if (model_dir / LM_FILE).is_file() else None
     return ModelDecoding(defaults, words, lm)
 
@@ -311,9 +312,9 @@ def bundle(config: dict) -> tuple[dict, list[str] | None, str | None]:
     config = DecoderConfig.from_dict(config).to_dict()
     words = lm_text = None
     if config["lexicon"] and config["lexicon"] != NONE:
-        lines = Path(config["lexicon"]).read_text(encoding="utf-8").splitlines()
-        words = list(dict.fromkeys(line.split("\t")[0].strip() for line in lines
-                                   if line.strip() and not line.startswith("#")))
+        from asr.lexicon import lexicon_words
+
+        words = lexicon_words(config["lexicon"])
     if config["lm"] and config["lm"] != NONE:
         path = Path(config["lm"])
         raw = path.read_bytes()
@@ -338,7 +339,9 @@ def write_model_decoding(model_dir, config: dict) -> None:
     for name in (LEXICON_FILE, LM_FILE):
         (model_dir / name).unlink(missing_ok=True)
     if words:
-        (model_dir / LEXICON_FILE).write_text("\n".join(words) + "\n", encoding="utf-8")
+        from asr.lexicon import write_lexicon
+
+        write_lexicon(words, model_dir / LEXICON_FILE)
     if lm_text:
         (model_dir / LM_FILE).write_text(lm_text, encoding="utf-8")
     (model_dir / DECODER_FILE).write_text(json.dumps(defaults, indent=1) + "\n", encoding="utf-8")

@@ -93,6 +93,19 @@ def read_lexicon(path: str | os.PathLike, vocabulary: Vocabulary) -> dict[str, l
     return lexicon
 
 
+def lexicon_words(path: str | os.PathLike) -> list[str]:
+    """The words of a lexicon file (the first field of each entry, in file order, repeats
+    dropped), without spelling them: what a model ships. LexiconError for a missing file."""
+    path = Path(path)
+    if not path.is_file():
+        raise LexiconError(f"{path}: lexicon not found")
+    words = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip() and not line.lstrip().startswith(COMMENT):
+            words.append(line.partition("\t")[0].strip())
+    return list(dict.fromkeys(words))
+
+
 def write_lexicon(words: Iterable[str], path: str | os.PathLike) -> Path:
     """Write a word-only lexicon (one word a line, in the given order, repeats dropped),
     atomically; LexiconError for an empty word or one with whitespace. Returns the path."""

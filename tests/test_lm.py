@@ -354,3 +354,13 @@ def test_write_lexicon_round_trip(tmp_path):
     with pytest.raises(LexiconError, match="'a b' cannot be a lexicon word"):
         write_lexicon(["a b"], tmp_path / "bad.txt")
     assert not (tmp_path / "bad.txt").exists()
+
+
+def test_lexicon_words_are_the_first_fields_in_order(tmp_path):
+    from asr.lexicon import LexiconError, lexicon_words
+
+    path = tmp_path / "lexicon.txt"
+    path.write_text("# digits\none\ntwo\tt w o\n\n  # indented comment\none\tw a n\nthree\n")
+    assert lexicon_words(path) == ["one", "two", "three"]
+    with pytest.raises(LexiconError, match="lexicon not found"):
+        lexicon_words(tmp_path / "missing.txt")
