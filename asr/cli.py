@@ -28,7 +28,7 @@ import os
 import sys
 from pathlib import Path
 
-from asr.cli_decoding import add_parsers, cmd_evaluate, cmd_transcribe
+from asr.cli_decoding import add_parsers, cmd_evaluate, cmd_transcribe, read_decoder_config
 
 CORPORA = ("fsdd", "librispeech", "speech-commands")
 
@@ -286,7 +286,8 @@ def cmd_results(args) -> int:
 def cmd_export(args) -> int:
     from export.convert import QUANTIZATIONS, export_model
 
-    out = export_model(args.model, args.output, args.quantization, args.calibration, _decoder_config(args))
+    out = export_model(args.model, args.output, args.quantization, args.calibration,
+                       read_decoder_config(args.decoder_config))
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {args.quantization})")
     if not args.verify:
         return 0
@@ -333,15 +334,6 @@ def _summaries(items: list[str]) -> dict:
     return out
 
 
-def _decoder_config(args) -> dict | None:
-    if args.decoder_config is None:
-        return None
-    try:
-        return json.loads(Path(args.decoder_config).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{args.decoder_config}: cannot read the decoder config ({err})") from None
-
-
 def cmd_publish(args) -> int:
     from asr.checkpoint import publish_model
 
@@ -349,13 +341,13 @@ def cmd_publish(args) -> int:
     if args.decoder_config is not None:
         from asr.decoding import write_model_decoding
 
-        write_model_decoding(dest, _decoder_config(args))
+        write_model_decoding(dest, read_decoder_config(args.decoder_config))
     print(f"published {args.model} -> {dest}")
     if args.tflite:
         from export.metadata import publish_tflite
 
         out = publish_tflite(args.tflite, dest.with_suffix(".tflite"), _summaries(args.tflite_metrics),
-                             decoder_config=_decoder_config(args))
+                             decoder_config=read_decoder_config(args.decoder_config))
         print(f"published {args.tflite} -> {out}")
     return 0
 

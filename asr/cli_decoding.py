@@ -35,17 +35,22 @@ def add_decoder_args(p) -> None:
     g.add_argument("--decoder-config", type=Path, default=None, help="JSON decoder settings (asr tune writes one)")
 
 
+def read_decoder_config(path) -> dict | None:
+    """The JSON decoder config at ``path`` (what asr tune writes), or None for no path;
+    ValueError naming the file when it cannot be read."""
+    if path is None:
+        return None
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: cannot read the decoder config ({err})") from None
+
+
 def decoder_options(args) -> dict:
     """DecoderConfig fields the user gave (asr.decoding.resolve merges them over the model's)."""
     from asr.hotwords import parse_hotword, read_hotwords
 
-    given = {}
-    if args.decoder_config is not None:
-        path = Path(args.decoder_config)
-        try:
-            given.update(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{path}: cannot read the decoder config ({err})") from None
+    given = dict(read_decoder_config(args.decoder_config) or {})
     flags = {"kind": args.decoder, "lexicon": args.lexicon, "lm": args.lm, "beam": args.beam,
              "lm_weight": args.lm_weight, "word_score": args.word_score, "nbest": args.nbest}
     given.update({k: v for k, v in flags.items() if v is not None})
