@@ -133,7 +133,14 @@ class FileTranscriber:
             flush()
         return results
 
-    def _transcribe_chunk(self, paths, batch_size: int) -> list[Transcript]:
+    def files_log_probs(self, paths, batch_size: int = 16):
+        """Yield, per path and in order, (a Transcript holding its duration or its error, its
+        log-probabilities [frames, vocab] or None), reading files until MAX_CHUNK_SECONDS of
+        audio are in memory."""
+        for chunk in duration_chunks(paths, MAX_CHUNK_SECONDS):
+            yield from self._chunk_log_probs([path for path, _ in chunk], batch_size)
+
+    def _chunk_log_probs(self, paths, batch_size: int) -> list[tuple[Transcript, np.ndarray | None]]:
         results: list[Transcript] = []
         audios: dict[int, np.ndarray] = {}
         for i, path in enumerate(paths):
@@ -144,14 +151,21 @@ class FileTranscriber:
                 results.append(Transcript(str(path), error=str(err)))
             except OSError as err:
                 results.append(Transcript(str(path), error=f"cannot read: {err.strerror or err}"))
+        scores = dict(zip(audios, self.audio_log_probs(list(audios.values()), batch_size))) if audios else {}
+        return [(res, scores.get(i)) for i, res in enumerate(results)]
+
+    def _transcribe_chunk(self, paths, batch_size: int) -> list[Transcript]:
         decoder = self._decoder()
-        log_probs = self.audio_log_probs(list(audios.values()), batch_size) if audios else []
-        for i, lp in zip(audios, log_probs):
+        results = []
+        for res, lp in self._chunk_log_probs(paths, batch_size):
+            if lp is None:
+                results.append(res)
+                continue
             hyps = decoder.decode(lp)
-            best, duration = hyps[0], results[i].duration
-            segment = Segment(0.0, duration, best.text, best.words)
-            results[i] = Transcript(results[i].path, duration, (segment,) if best.text else (),
-                                    nbest=tuple(h.text for h in hyps) if len(hyps) > 1 else ())
+            best = hyps[0]
+            segment = Segment(0.0, res.duration, best.text, best.words)
+            results.append(Transcript(res.path, res.duration, (segment,) if best.text else (),
+                                      nbest=tuple(h.text for h in hyps) if len(hyps) > 1 else ()))
         return results
 
     def _transcribe_segmented(self, path, duration: float, progress=None) -> Transcript:

@@ -1,11 +1,11 @@
 """Choosing the LM weight and word score on a dev set: ``asr tune``.
 
 The acoustic model runs once over the dev manifests (log-probabilities [frames, vocab] per
-utterance, kept in memory: 29 floats per 40 ms, about 2.6 MB per hour of audio for characters);
-then every (lm_weight, word_score) pair of the grid decodes them with beam search and is
-scored with asr.evaluation.score. The best pair (lowest WER; ties: lower CER, then the smaller
-LM weight, then the word score nearest 0) is written as a decoder config (JSON of asr.decoding.DecoderConfig fields) that
-``asr evaluate --decoder-config`` and ``asr transcribe --decoder-config`` read, and every point
+utterance, kept in memory: 29 float32 per 40 ms frame for characters, 10.4 MB per hour of
+audio); then every (lm_weight, word_score) pair of the grid decodes them with beam search and
+is scored with asr.evaluation.score. The best pair (lowest WER; ties: lower CER, then the
+smaller LM weight, then the word score nearest 0) is written as a decoder config (JSON of
+asr.decoding.DecoderConfig fields) that ``asr evaluate --decoder-config`` and ``asr transcribe --decoder-config`` read, and every point
 goes to ``tuning.json`` beside it.
 """
 from __future__ import annotations
@@ -16,35 +16,22 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from asr.audio import AudioError, load_audio
 from asr.evaluation import score
 from asr.manifest import read_manifest
-from asr.transcription import MAX_CHUNK_SECONDS, load_recognizer
+from asr.transcription import load_recognizer
 
 
 def dev_log_probs(recognizer, manifests, batch_size: int = 32) -> tuple[list, list[str]]:
-    """(log-probabilities [frames, vocab] per readable utterance, their transcripts)."""
+    """(log-probabilities [frames, vocab] per readable utterance, their transcripts); as asr
+    evaluate scores, unreadable audio is left out."""
     utts = [u for m in manifests for u in read_manifest(m)]
-    log_probs, refs, chunk, seconds = [], [], [], 0.0
-
-    def flush():
-        audios = []
-        for u in chunk:
-            try:
-                audios.append(load_audio(u.audio, recognizer.sample_rate))
-                refs.append(u.text)
-            except (AudioError, OSError):
-                continue  # scored as asr evaluate scores: unreadable audio is left out
-        log_probs.extend(recognizer.audio_log_probs(audios, batch_size) if audios else [])
-        chunk.clear()
-
-    for u in tqdm(utts, desc="acoustic model", unit="utt", disable=None, leave=False):
-        chunk.append(u)
-        seconds += u.duration
-        if seconds >= MAX_CHUNK_SECONDS:
-            flush()
-            seconds = 0.0
-    flush()
+    log_probs, refs = [], []
+    scored = recognizer.files_log_probs([u.audio for u in utts], batch_size)
+    for utt, (_, lp) in tqdm(zip(utts, scored), total=len(utts), desc="acoustic model", unit="utt",
+                             disable=None, leave=False):
+        if lp is not None:
+            log_probs.append(lp)
+            refs.append(utt.text)
     return log_probs, refs
 
 
