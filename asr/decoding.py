@@ -347,17 +347,17 @@ def write_model_decoding(model_dir, config: dict) -> None:
     (model_dir / DECODER_FILE).write_text(json.dumps(defaults, indent=1) + "\n", encoding="utf-8")
 
 
-def decoding_metadata_of(model_dir) -> dict:
-    """The .tflite metadata entries (under "decoding") of what a model directory ships: {} when
-    it ships nothing."""
-    shipped = shipped_from_dir(model_dir)
-    if shipped is None:
-        return {}
+def model_decoder_config(model_dir) -> dict | None:
+    """What a model directory ships as a decoder config with file paths (``bundle`` and
+    ``write_model_decoding`` take it), or None when it ships no decoder."""
     from pathlib import Path
 
-    out = {META_DECODER: shipped.defaults}
-    if shipped.words:
-        out[META_LEXICON] = list(shipped.words)
-    if shipped.lm_file():
-        out[META_LM] = Path(shipped.lm_file()).read_text(encoding="utf-8")
-    return out
+    shipped = shipped_from_dir(model_dir)
+    if shipped is None:
+        return None
+    model_dir = Path(model_dir)
+    config = dict(shipped.defaults)
+    for key, name in (("lexicon", LEXICON_FILE), ("lm", LM_FILE)):
+        if (model_dir / name).is_file():
+            config[key] = str(model_dir / name)
+    return config

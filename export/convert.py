@@ -195,7 +195,7 @@ def export_model(model_dir, out, quantization: str = DEFAULT_QUANTIZATION, calib
     model ships (its decoder.json, word list and LM; or ``decoder_config``, DecoderConfig fields
     with file paths) goes into the metadata's "decoding" entry, so the file decodes the same."""
     from asr.checkpoint import load_model_dir
-    from asr.decoding import decoding_metadata_of
+    from asr.decoding import model_decoder_config
 
     if quantization == "int8" and calibration_manifest is None:
         raise ExportError("--quantization int8 needs --calibration MANIFEST")
@@ -203,10 +203,9 @@ def export_model(model_dir, out, quantization: str = DEFAULT_QUANTIZATION, calib
     config, stats, meta, net = load_model_dir(model_dir)
     flatbuffer = convert(config, stats, net, quantization, calibration)
     metadata = build_metadata(config, stats, meta, quantization)
+    decoder_config = decoder_config if decoder_config is not None else model_decoder_config(model_dir)
     if decoder_config is not None:
         metadata = with_decoder(metadata, decoder_config)
-    else:
-        metadata["decoding"].update(decoding_metadata_of(model_dir))
     flatbuffer = embed(flatbuffer, metadata)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
