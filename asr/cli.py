@@ -2,16 +2,17 @@
 
     asr download fsdd --dest DIR [--url URL]
     asr download librispeech --dest DIR --parts PART|SET ... [--base-url URL] [--jobs N]
-    asr download speech-commands --dest DIR [--url URL]
+    asr download speech-commands --dest DIR [--url URL [--sha256 HEX]]
     asr prepare fsdd --data-dir DIR --out DIR [--heldout-speaker NAME] [--seed N]
-    asr prepare speech-commands --data-dir DIR --out DIR [--words WORD ...]
+    asr prepare speech-commands --data-dir DIR --out DIR [--words WORD ...] [--split-percentages DEV,TEST]
     asr prepare librispeech --data-dir DIR --out DIR --parts PART|SET ... [--jobs N]
+    asr augment --manifest M --out NEW.jsonl --kind noise|reverb|both [--noise NOISE.jsonl] [--seed N]
     asr tokens --train M [M ...] --out FILE [--kind chars|bpe] [--vocab-size N]
     asr features --manifest M --out DIR [--config YAML] [--set ...] [--jobs N]
     asr train --train M|SHARDS ... --dev M --exp DIR [--config YAML] [--set section.key=value ...]
               [--tokens FILE] [--distribute auto|none|mirrored|multi-worker] [--mixed-precision]
     asr average --exp DIR --last N --out DIR
-    asr evaluate --model DIR --manifest M --out DIR [decoder options: asr/cli_decoding.py]
+    asr evaluate --model DIR --manifest M [M ...] --out DIR [decoder options: asr/cli_decoding.py]
     asr tune --model DIR --manifest DEV --lm LM --out decoder.json
     asr lm --text FILE ... --order N --out LM.arpa
     asr results --eval DIR --out RESULTS.md
@@ -38,6 +39,9 @@ def _add_download(sub):
     p.add_argument("corpus", choices=CORPORA)
     p.add_argument("--dest", required=True, type=Path, help="folder to unpack into")
     p.add_argument("--url", default=None, help="FSDD, Speech Commands: archive URL (a mirror); default: the release")
+    p.add_argument("--sha256", default=None,
+                   help="Speech Commands: the sha256 of another archive at --url (default: the published "
+                        "v0.02 checksum, which a mirror of the release must match)")
     p.add_argument("--parts", nargs="+", default=None, metavar="PART",
                    help="LibriSpeech: parts (dev-clean, train-clean-100, ...) or sets (mini, eval, 960)")
     p.add_argument("--base-url", default=None, help="LibriSpeech: mirror of openslr.org/resources")
@@ -59,6 +63,9 @@ def _add_prepare(sub):
     p.add_argument("--parts", nargs="+", default=None, metavar="PART", help="LibriSpeech: parts or sets")
     p.add_argument("--jobs", type=int, default=None, help="LibriSpeech: parallel readers (default: min(cores, 8))")
     p.add_argument("--words", nargs="+", default=None, metavar="WORD", help="Speech Commands: only these words")
+    p.add_argument("--split-percentages", default=None, metavar="DEV,TEST",
+                   help="Speech Commands without the official lists: which_set's validation and testing "
+                        "percentages (default 10,10)")
     p.set_defaults(func=cmd_prepare)
 
 
@@ -168,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     for add in commands:
         add(sub)
     add_parsers(sub, cmd_transcribe, cmd_evaluate)  # transcribe, evaluate, tune, lm
+    from asr.corruption import add_parser as add_augment
+
+    add_augment(sub)
     return parser
 
 
@@ -180,12 +190,15 @@ def _only_for(args, corpus: str, names: list[str]) -> None:
 
 def cmd_download(args) -> int:
     _only_for(args, "librispeech", ["parts", "base_url", "md5_file"])
+    _only_for(args, "speech-commands", ["sha256"])
+    if args.sha256 is not None and args.url is None:
+        raise ValueError("--sha256 names the checksum of another archive: give its --url too")
     if args.corpus == "librispeech" and args.url is not None:
         raise ValueError("--url only applies to fsdd and speech-commands, not librispeech (use --base-url)")
     if args.corpus == "speech-commands":
         from asr.corpora import speech_commands
 
-        return speech_commands.run_download(args.dest, url=args.url)
+        return speech_commands.run_download(args.dest, url=args.url, sha256=args.sha256)
     if args.corpus == "fsdd":
         from asr.corpora import fsdd
 
@@ -202,11 +215,12 @@ def cmd_download(args) -> int:
 def cmd_prepare(args) -> int:
     _only_for(args, "librispeech", ["parts", "jobs"])
     _only_for(args, "fsdd", ["heldout_speaker"])
-    _only_for(args, "speech-commands", ["words"])
+    _only_for(args, "speech-commands", ["words", "split_percentages"])
     if args.corpus == "speech-commands":
         from asr.corpora import speech_commands
 
-        return speech_commands.run_prepare(args.data_dir, args.out, words=args.words)
+        return speech_commands.run_prepare(args.data_dir, args.out, words=args.words,
+                                           percentages=speech_commands.parse_percentages(args.split_percentages))
     if args.corpus == "librispeech":
         from asr.corpora import librispeech
 

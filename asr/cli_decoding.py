@@ -84,7 +84,8 @@ def _add_transcribe(sub, handler):
 def _add_evaluate(sub, handler):
     p = sub.add_parser("evaluate", help="WER/CER of a model on a manifest, written to files")
     p.add_argument("--model", required=True, type=Path, help="model directory or .tflite")
-    p.add_argument("--manifest", required=True, type=Path)
+    p.add_argument("--manifest", required=True, nargs="+", type=Path,
+                   help="test manifest(s); with several, each one's results go to OUT/<its file stem>")
     p.add_argument("--out", required=True, type=Path, help="folder for hyps.tsv, errors.txt, summary.json")
     p.add_argument("--batch-size", type=int, default=32)
     add_decoder_args(p)
@@ -124,12 +125,21 @@ def add_parsers(sub, transcribe_handler, evaluate_handler) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from asr.evaluation import evaluate, summary_line
+    from asr.evaluation import evaluate_many, summary_line
 
-    summary = evaluate(args.model, args.manifest, args.out, batch_size=args.batch_size, decoding=decoder_options(args))
-    print(f"{args.manifest}: {summary_line(summary)} -> {args.out}")
-    for failure in summary["failures"]:
-        print(f"error: {failure}", file=sys.stderr)
+    if len(args.manifest) == 1:
+        outs = [args.out]
+    else:
+        stems = [m.name.removesuffix(".jsonl") for m in args.manifest]
+        twice = sorted({s for s in stems if stems.count(s) > 1})
+        if twice:
+            raise ValueError(f"several manifests named {', '.join(twice)}: their results would share OUT/<stem>")
+        outs = [args.out / s for s in stems]
+    summaries = evaluate_many(args.model, args.manifest, outs, batch_size=args.batch_size, decoding=decoder_options(args))
+    for manifest, out, summary in zip(args.manifest, outs, summaries):
+        print(f"{manifest}: {summary_line(summary)} -> {out}")
+        for failure in summary["failures"]:
+            print(f"error: {failure}", file=sys.stderr)
     return 0
 
 
@@ -143,7 +153,7 @@ def cmd_transcribe(args) -> int:
     results = list(problems)
     if paths:
         recognizer = load_recognizer(args.model, num_threads=args.threads, decoding=decoder_options(args))
-        if args.model is None:  # once per command: the shipped model knows digits only
+        if args.model is None:  # once per command: what the shipped model knows
             print(default_model_note(default_model(), recognizer.corpus), file=sys.stderr, flush=True)
         from asr.audio import audio_seconds
 

@@ -124,23 +124,31 @@ def evaluate(model, manifest, out_dir, batch_size: int = 32, decoding: dict | No
     and write the results to ``out_dir``. ``decoding``: asr.decoding.DecoderConfig fields over
     the model's own defaults (None: greedy). Unreadable audio is listed under "failures" and not
     scored; summary.json records the decoder."""
+    return evaluate_many(model, [manifest], [out_dir], batch_size, decoding)[0]
+
+
+def evaluate_many(model, manifests, out_dirs, batch_size: int = 32, decoding: dict | None = None) -> list[dict]:
+    """``evaluate`` of each manifest into its out_dir, the model and decoder loaded once."""
     from asr.transcription import load_recognizer
 
     recognizer = load_recognizer(model) if decoding is None else load_recognizer(model, decoding=decoding)
-    utts = read_manifest(manifest)
-    results = recognizer.transcribe_files([u.audio for u in utts], batch_size=batch_size)
-    ids, refs, hyps, failures = [], [], [], []
-    for utt, res in zip(utts, results):
-        if res.error:
-            failures.append(f"{utt.id}: {res.error}")
-            continue
-        ids.append(utt.id)
-        refs.append(utt.text)
-        hyps.append(res.text)
-    info = {"model": str(model), "model_path": str(Path(model).resolve()), "manifest": str(manifest)}
     decoder = getattr(recognizer, "decoder", None)
-    info["decoder"] = decoder.config.to_dict() if decoder is not None else {"kind": "greedy"}
-    return write_results(out_dir, ids, refs, hyps, failures, info)
+    summaries = []
+    for manifest, out_dir in zip(manifests, out_dirs, strict=True):
+        utts = read_manifest(manifest)
+        results = recognizer.transcribe_files([u.audio for u in utts], batch_size=batch_size)
+        ids, refs, hyps, failures = [], [], [], []
+        for utt, res in zip(utts, results):
+            if res.error:
+                failures.append(f"{utt.id}: {res.error}")
+                continue
+            ids.append(utt.id)
+            refs.append(utt.text)
+            hyps.append(res.text)
+        info = {"model": str(model), "model_path": str(Path(model).resolve()), "manifest": str(manifest)}
+        info["decoder"] = decoder.config.to_dict() if decoder is not None else {"kind": "greedy"}
+        summaries.append(write_results(out_dir, ids, refs, hyps, failures, info))
+    return summaries
 
 
 def load_summary(path) -> dict:

@@ -41,7 +41,12 @@ DEFAULT_MODELS = ("local/fsdd.tflite", "local/fsdd", "fsdd.tflite", "fsdd")
 MAX_BATCH_FRAMES = 60000  # padded input frames per batch: 10 minutes of audio
 MAX_CHUNK_SECONDS = 600.0  # audio read into memory at a time: 10 min, 38 MB as float32 at 16 kHz
 # What a model trained on each corpus recognizes, for the note on the default model.
-CORPUS_SCOPE = {"fsdd": "spoken digits (zero to nine) only", "librispeech": "read English speech"}
+CORPUS_SCOPE = {
+    "fsdd": "spoken digits (zero to nine) only",
+    "fsdd+speech-commands": "spoken digits (zero to nine) and the 35 Speech Commands words only",
+    "speech-commands": "the 35 Speech Commands words only",
+    "librispeech": "read English speech",
+}
 
 
 Result = Transcript  # what transcribe_files returns per path (path, duration, segments, error)

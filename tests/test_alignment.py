@@ -100,10 +100,14 @@ def test_times_follow_the_rule_and_add_the_offset():
 
 
 def test_frame_seconds_scales_the_times():
+    """Frames count frame_seconds each; the pads and the reach are seconds whatever the frame."""
     path = ids("__ab__")
-    a = word_times(path, scores_of(path, len(CHARS)), CHARS, 0)
+    spans = word_spans(path, CHARS, 0)
     b = word_times(path, scores_of(path, len(CHARS)), CHARS, 0, frame_seconds=2 * FRAME_SECONDS)
-    assert (b[0].start, b[0].end) == pytest.approx((2 * a[0].start, 2 * a[0].end))
+    assert (b[0].start, b[0].end) == pytest.approx(tuple(place(spans, len(path), frame_seconds=2 * FRAME_SECONDS)[0]))
+    bare = {"start_pad": 0.0, "end_pad": 0.0, "blank_reach": 0.0}
+    one, two = (place(spans, len(path), frame_seconds=f, **bare)[0] for f in (FRAME_SECONDS, 2 * FRAME_SECONDS))
+    assert tuple(two) == pytest.approx((2 * one[0], 2 * one[1])) and tuple(one) == pytest.approx((2 * FRAME_SECONDS, 4 * FRAME_SECONDS))
 
 
 def test_a_span_shrunk_past_itself_becomes_its_middle():
@@ -145,12 +149,13 @@ def test_logits_are_normalized_before_confidence():
 
 @pytest.fixture(scope="module")
 def connected(fsdd_dir, tmp_path_factory):
-    """Two connected-digit test strings per speaker, prepared from the real recordings."""
+    """Three connected-digit test strings per speaker the shipped model trained on (the
+    held-out split's test_seen part: recordings 0-4), prepared from the real recordings."""
     from asr.corpora import fsdd
 
     out = tmp_path_factory.mktemp("fsdd")
-    fsdd.prepare(fsdd_dir, out, connected={"train": 0, "dev": 0, "test": 2})
-    return out / "split" / "test_connected.jsonl"
+    fsdd.prepare(fsdd_dir, out, connected={"train": 0, "dev": 0, "test": 0, "test_seen": 3})
+    return out / "heldout" / "test_seen_connected.jsonl"
 
 
 def test_prepare_writes_the_word_times_of_each_connected_string(connected):

@@ -72,6 +72,30 @@ def test_evaluate_scores_manifest_text_and_records_the_model_path(tmp_path, monk
     assert json.loads((tmp_path / "eval" / "summary.json").read_text())["wer"] == summary["wer"]
 
 
+def test_evaluate_command_loads_the_model_once_for_several_manifests(tmp_path, monkeypatch, capsys):
+    import asr.transcription
+    from asr.cli import main
+
+    for name, text in (("seen", "one"), ("unseen", "two")):
+        write_manifest(tmp_path / "sets" / f"{name}.jsonl", [Utterance(name, str(tmp_path / f"{name}.wav"), 1.0, text, "s")])
+    loads = []
+
+    def load(model, decoding=None):
+        loads.append(model)
+        return SimpleNamespace(transcribe_files=lambda paths, batch_size: [SimpleNamespace(error=None, text="one") for _ in paths])
+
+    monkeypatch.setattr(asr.transcription, "load_recognizer", load)
+    sets = [str(tmp_path / "sets" / f"{n}.jsonl") for n in ("seen", "unseen")]
+    assert main(["evaluate", "--model", "m", "--manifest", *sets, "--out", str(tmp_path / "eval"), "--decoder", "greedy"]) == 0
+    assert len(loads) == 1
+    assert json.loads((tmp_path / "eval" / "seen" / "summary.json").read_text())["wer"] == 0.0
+    assert json.loads((tmp_path / "eval" / "unseen" / "summary.json").read_text())["wer"] == 1.0
+    write_manifest(tmp_path / "other" / "seen.jsonl", [])
+    assert main(["evaluate", "--model", "m", "--manifest", sets[0], str(tmp_path / "other" / "seen.jsonl"),
+                 "--out", str(tmp_path / "eval2")]) == 2
+    assert "several manifests named seen" in capsys.readouterr().err and len(loads) == 1
+
+
 def _write_summary(folder, model, wer):
     from asr.evaluation import write_results
 

@@ -58,7 +58,7 @@ def test_prepare_writes_splits_and_deterministic_connected_digits(fsdd_dir, tmp_
     from asr.corpora import fsdd
     from asr.manifest import read_manifest
 
-    counts = {"train": 3, "dev": 2, "test": 2}
+    counts = {"train": 3, "dev": 2, "test": 2, "test_seen": 2}
     summary = fsdd.prepare(fsdd_dir, tmp_path / "a", heldout_speaker="lucas", seed=7, connected=counts)
     fsdd.prepare(fsdd_dir, tmp_path / "b", heldout_speaker="lucas", seed=7, connected=counts)
     speakers = len(summary["speakers"])
@@ -69,7 +69,13 @@ def test_prepare_writes_splits_and_deterministic_connected_digits(fsdd_dir, tmp_
     assert all(int(u.id.split("_")[2]) >= 10 for u in read_manifest(split / "train.jsonl"))
     heldout_test = read_manifest(tmp_path / "a" / "heldout" / "test.jsonl")
     assert {u.speaker for u in heldout_test} == {"lucas"}
-    assert "lucas" not in {u.speaker for u in read_manifest(tmp_path / "a" / "heldout" / "train.jsonl")}
+    heldout_train = read_manifest(tmp_path / "a" / "heldout" / "train.jsonl")
+    assert "lucas" not in {u.speaker for u in heldout_train}
+    assert all(int(u.id.split("_")[2]) >= 10 for u in heldout_train)
+    seen = read_manifest(tmp_path / "a" / "heldout" / "test_seen.jsonl")  # the trained speakers' test recordings
+    assert len(seen) == 10 * 5 * (speakers - 1) and "lucas" not in {u.speaker for u in seen}
+    assert all(int(u.id.split("_")[2]) < 5 for u in seen)
+    assert len(read_manifest(tmp_path / "a" / "heldout" / "test_seen_connected.jsonl")) == 2 * (speakers - 1)
     connected = read_manifest(split / "test_connected.jsonl")
     assert len(connected) == counts["test"] * speakers
     assert all(1 <= len(u.text.split()) <= 7 for u in connected)

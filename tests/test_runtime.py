@@ -22,7 +22,6 @@ from benchmarks.long_audio import float_weights  # int8 weights dequantized: the
 from conftest import REPO_ROOT
 
 SHIPPED_TFLITE = REPO_ROOT / "models" / "fsdd.tflite"
-SHIPPED_KERAS = REPO_ROOT / "models" / "fsdd"
 SAMPLE_RATE = 16000
 STEP = 640  # samples per output frame
 
@@ -35,12 +34,13 @@ def run_asr(*args, timeout: int = 600):
 
 def joined_digits(fsdd_dir: Path, seconds: float, seed: int = 0) -> tuple[np.ndarray, str]:
     """About ``seconds`` of real digits at 16 kHz, 0.3-1.5 s pauses with faint noise between
-    them: (float32 [num_samples], the words spoken)."""
+    them: (float32 [num_samples], the words spoken). Test recordings (0-4) of the speakers the
+    shipped model trained on (george it never heard: these tests are about long files)."""
     from asr.audio import load_audio
     from asr.text import DIGIT_WORDS
 
     rng = np.random.default_rng(seed)
-    names = sorted(fsdd_dir.glob("*_[0-4].wav"))
+    names = [p for p in sorted(fsdd_dir.glob("*_[0-4].wav")) if "_george_" not in p.name]
     pieces, words, total = [], [], 0
     while total < seconds * SAMPLE_RATE:
         name = names[rng.integers(len(names))]
@@ -59,9 +59,16 @@ def shipped():
 
 
 @pytest.fixture(scope="module")
-def float_tflite(shipped, tmp_path_factory) -> Path:
+def twin(global_twin) -> Path:
+    """The shipped model's dynamic-int8 .tflite with global normalization (conftest.global_twin):
+    windows equal one pass only with global statistics."""
+    return global_twin[1]
+
+
+@pytest.fixture(scope="module")
+def float_tflite(twin, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("float") / "fsdd-float.tflite"
-    path.write_bytes(float_weights(shipped.read_bytes()))
+    path.write_bytes(float_weights(twin.read_bytes()))
     return path
 
 
@@ -102,19 +109,20 @@ def test_short_inputs_are_one_window():
 # ------------------------------------------------------------------ windowed == one pass
 
 
-def test_tiny_windows_on_a_short_file_equal_the_whole_pass(float_tflite, shipped, twenty_seconds):
-    """20 s of real digits, windows keeping 1.6 s with 10 s of context each side (13 windows):
+def test_tiny_windows_on_a_short_file_equal_the_whole_pass(float_tflite, twin, twenty_seconds):
+    """20 s of real digits, windows keeping 1.6 s with 16 s of context each side (13 windows):
     with float weights the log-probabilities of one pass up to what the BiLSTM state still
-    remembers 10 s away (a frame off the grid would differ by several units) and the same
-    argmax everywhere; the shipped int8 model gives the same text."""
+    remembers 16 s away (a frame off the grid would differ by several units) and the same
+    argmax everywhere; the int8 model gives the same text. (Measured with the shipped network:
+    0.011 at 16 s, 0.20 at 10 s, identical at 20 s; its five-speaker predecessor forgot sooner.)"""
     from asr.runtime import TFLiteModel
     from asr.windows import output_frames, plan_windows
 
     pcm, _ = twenty_seconds
-    assert len(plan_windows(pcm.size, window_frames=40, context_frames=250, max_frames=0)) >= 10
-    for path, atol in ((float_tflite, 0.1), (shipped, None)):
+    assert len(plan_windows(pcm.size, window_frames=40, context_frames=400, max_frames=0)) >= 10
+    for path, atol in ((float_tflite, 0.1), (twin, None)):
         whole = TFLiteModel(path, num_threads=1)
-        windowed = TFLiteModel(path, num_threads=1, window_frames=40, context_frames=250, max_frames=0)
+        windowed = TFLiteModel(path, num_threads=1, window_frames=40, context_frames=400, max_frames=0)
         a, b = whole.log_probs(pcm), windowed.log_probs(pcm)
         assert a.shape == b.shape == (output_frames(pcm.size), len(whole.symbols))
         assert windowed.decode(b) == whole.decode(a)
@@ -124,7 +132,7 @@ def test_tiny_windows_on_a_short_file_equal_the_whole_pass(float_tflite, shipped
 
 
 @pytest.mark.slow
-def test_four_minutes_windowed_give_the_whole_pass_transcript(float_tflite, shipped, fsdd_dir):
+def test_four_minutes_windowed_give_the_whole_pass_transcript(float_tflite, twin, fsdd_dir):
     """Default windows (60 s kept, 40 s of context) on 4 minutes of real digits and pauses: the
     whole pass's text, float and dynamic int8 (whose convolutions stay float)."""
     from asr.evaluation import error_rates
@@ -137,24 +145,22 @@ def test_four_minutes_windowed_give_the_whole_pass_transcript(float_tflite, ship
     text = whole.transcribe(pcm)
     assert TFLiteModel(float_tflite, num_threads=1).transcribe(pcm) == text
     assert error_rates([words], [text])["wer"] < 0.1  # real recognition, not an empty string
-    whole, windowed = (TFLiteModel(shipped, num_threads=1, max_frames=m) for m in (10**9, None))
+    whole, windowed = (TFLiteModel(twin, num_threads=1, max_frames=m) for m in (10**9, None))
     assert windowed.transcribe(pcm) == whole.transcribe(pcm)
 
 
 @pytest.mark.slow
-def test_keras_recognizer_windows_equal_its_whole_pass(fsdd_dir, twenty_seconds):
+def test_keras_recognizer_windows_equal_its_whole_pass(global_twin, twenty_seconds):
     from asr.transcription import Recognizer
     from asr.windows import output_frames
 
-    if not (SHIPPED_KERAS / "model.json").is_file():
-        pytest.skip("the shipped Keras model is absent")
     pcm, _ = twenty_seconds
-    whole = Recognizer(SHIPPED_KERAS)
-    windowed = Recognizer(SHIPPED_KERAS, window_frames=40, context_frames=250, max_frames=0)
+    whole = Recognizer(global_twin[0])
+    windowed = Recognizer(global_twin[0], window_frames=40, context_frames=400, max_frames=0)
     short = pcm[: 3 * SAMPLE_RATE]
     (a, a_short), (b, b_short) = whole.audio_log_probs([pcm, short]), windowed.audio_log_probs([pcm, short])
     assert a.shape == b.shape == (output_frames(pcm.size), whole.config.vocabulary.size)
-    np.testing.assert_allclose(b, a, atol=0.1)  # the BiLSTM state 10 s away, as in the .tflite test
+    np.testing.assert_allclose(b, a, atol=0.1)  # the BiLSTM state 16 s away, as in the .tflite test
     assert (b.argmax(1) == a.argmax(1)).all()
     np.testing.assert_allclose(b_short, a_short, atol=1e-5)  # context spans all 3 s: every window is all of it
     assert windowed.transcribe_audio([pcm]) == whole.transcribe_audio([pcm])
@@ -324,9 +330,12 @@ def test_default_model_note_is_printed_once_and_only_without_model(shipped, fsdd
     files = [fsdd_dir / "0_yweweler_4.wav", clips_dir / "cards_001.wav", fsdd_dir / "7_nicolas_3.wav"]
     out = run_asr("transcribe", *files)
     assert out.returncode == 0, out.stderr
+    from asr.transcription import CORPUS_SCOPE, load_recognizer
+
     shown = default_model().relative_to(REPO_ROOT / "models").as_posix()
-    assert out.stderr.splitlines() == [f"note: the default model (models/{shown}) recognizes spoken digits "
-                                       f"(zero to nine) only; pass --model for another model"]
+    scope = CORPUS_SCOPE[load_recognizer(default_model()).corpus]
+    assert out.stderr.splitlines() == [f"note: the default model (models/{shown}) recognizes {scope}; "
+                                       f"pass --model for another model"]
     assert len(out.stdout.splitlines()) == 3
     with_model = run_asr("transcribe", "--model", default_model(), *files)  # shipped, or what a recipe published
     assert with_model.stderr == "" and with_model.stdout == out.stdout

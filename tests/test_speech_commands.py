@@ -196,6 +196,9 @@ def test_prepare_splits_from_the_lists_speaker_disjoint_with_noise(corpus, built
     for a, b in (("train", "dev"), ("train", "test"), ("dev", "test")):
         assert not speakers[a] & speakers[b], f"speaker in {a} and {b}"
     assert summary["speaker_overlap"] == {} and summary["problems"] == []
+    test = read_manifest(out / "test.jsonl")  # the digits and the ten command words apart
+    assert [u.id for u in read_manifest(out / "test_commands.jsonl")] == [u.id for u in test if u.text in WORDS]
+    assert read_manifest(out / "test_digits.jsonl") == []  # the fixture has no digit clips
     assert sum(summary["per_word"]["yes"].values()) == sum(r.startswith("yes/") for r in built["splits"])
     noise = read_manifest(out / "noise.jsonl", check_audio=True)
     assert sorted(Path(u.audio).name for u in noise) == built["noise"]
@@ -215,6 +218,21 @@ def test_without_lists_splits_come_from_which_set(corpus, built, tmp_path):
             {rel for rel, s in built["splits"].items() if s == split}
     summary = sc.prepare(corpus, tmp_path / "b", progress=False)  # 10 % / 10 %: all official test
     assert summary["utterances"] == {"train": 0, "dev": 0, "test": len(built["splits"])}
+
+
+def test_split_percentages_parse_and_reach_prepare(corpus, built, tmp_path, capsys):
+    assert sc.parse_percentages(None) == (10, 10) and sc.parse_percentages("11,2") == (11.0, 2.0)
+    for bad in ("11", "a,b", "-1,2", "60,50"):
+        with pytest.raises(sc.SpeechCommandsError, match="split percentages"):
+            sc.parse_percentages(bad)
+    for name in (sc.VALIDATION_LIST, sc.TESTING_LIST):
+        (corpus / name).unlink()
+    out = tmp_path / "out"
+    assert sc.main(["prepare", "--data-dir", str(corpus), "--out", str(out), "--split-percentages", "13,3"]) == 0
+    # at (13, 3) which_set gives the fixture's own lists back
+    assert {**{r: "train" for r in manifest_rels(out / "train.jsonl")},
+            **{r: "dev" for r in manifest_rels(out / "dev.jsonl")},
+            **{r: "test" for r in manifest_rels(out / "test.jsonl")}} == built["splits"]
 
 
 def test_words_subset_and_a_download_folder_as_data_dir(corpus, built, tmp_path):

@@ -5,7 +5,9 @@ Source: v1.0.10 of github.com/Jakobovski/free-spoken-digit-dataset (CC BY-SA 4.0
 
 Manifests written by ``prepare`` (JSONL, see asr.manifest), in out_dir:
     split/     the dataset's own split: test = index 0-4, dev = index 5-9, train = 10-49
-    heldout/   all speakers but one for train (dev = their index 5-9), that one for test
+    heldout/   all speakers but one: train = their index 10-49, dev = 5-9, test_seen = 0-4
+               (the dataset's test recordings of the speakers trained on); test = every
+               recording of the held-out speaker (a voice the model has never heard)
 each with isolated-digit manifests ``{train,dev,test}.jsonl``, connected-digit manifests
 ``{train,dev,test}_connected.jsonl`` (1 to 7 digits of one speaker joined by 50-300 ms pauses,
 drawn only from the same part's recordings, deterministic by seed), and
@@ -43,7 +45,7 @@ TEST_INDICES = range(0, 5)  # the dataset's own test split
 DEV_INDICES = range(5, 10)  # carved from the dataset's train split
 MIN_PAUSE, MAX_PAUSE = 0.05, 0.30  # seconds between connected digits
 MAX_DIGITS = 7
-CONNECTED_PER_SPEAKER = {"train": 300, "dev": 20, "test": 50}
+CONNECTED_PER_SPEAKER = {"train": 300, "dev": 20, "test": 50, "test_seen": 50}
 NONSPEECH = 60  # empty-transcript examples in the training set
 HELDOUT_DEFAULT = "george"
 TRIM_FRAME = 80  # samples: 10 ms frames of speech_region at SOURCE_RATE
@@ -233,9 +235,10 @@ def prepare(data_dir, out_dir, heldout_speaker: str = HELDOUT_DEFAULT, seed: int
     }
     rest = [r for r in recs if r.speaker != heldout_speaker]
     heldout = {
-        "train": [r for r in rest if r.index not in DEV_INDICES],
+        "train": [r for r in rest if r.index >= DEV_INDICES.stop],
         "dev": [r for r in rest if r.index in DEV_INDICES],
         "test": [r for r in recs if r.speaker == heldout_speaker],
+        "test_seen": [r for r in rest if r.index in TEST_INDICES],  # last: the seeds of the others stay
     }
     summary = {
         "recordings": len(recs),

@@ -19,6 +19,8 @@ to ``_nohash_``; the lists were made with ``which_set`` (a hash of that id): spe
     train.jsonl, dev.jsonl, test.jsonl   clips of each split (dev = the official validation
         list); id ``<word>-<file stem>``, audio, duration (s), text = normalize_text(word),
         speaker; sorted by id
+    test_digits.jsonl, test_commands.jsonl   the test clips of the ten digits and of the ten
+        command words (COMMAND_WORDS, the keyword-spotting task's), the groups reported apart
     noise.jsonl   ``_background_noise_`` (and ``_silence_``) clips: id ``<folder without its
         underscores>-<stem>`` (``background_noise-white_noise``), text "" and speaker "", kept
         for noise augmentation, never training utterances
@@ -27,6 +29,7 @@ Splits come from the two lists; when both are absent, from ``which_set`` of each
 
     python -m asr.corpora.speech_commands download --dest DIR [--url URL]
     python -m asr.corpora.speech_commands prepare --data-dir DIR --out DIR [--words W ...]
+        [--split-percentages DEV,TEST]
 """
 from __future__ import annotations
 
@@ -45,7 +48,7 @@ from asr.corpora.librispeech import FetchOptions, durations
 from asr.download import (MARKER_PREFIX, DiskSpaceError, DownloadError, download as fetch,
                           safe_extract)
 from asr.manifest import Utterance, write_manifest
-from asr.text import normalize_text
+from asr.text import DIGIT_WORDS, normalize_text
 
 VERSION = "0.02"
 ARCHIVE_NAME = f"speech_commands_v{VERSION}.tar.gz"
@@ -71,6 +74,8 @@ MAX_NUM_WAVS_PER_CLASS = 2 ** 27 - 1  # 134,217,727
 VALIDATION_PERCENTAGE = 10
 TESTING_PERCENTAGE = 10
 # which_set's partition names -> our split (manifest) names.
+COMMAND_WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
+TEST_GROUPS = {"digits": DIGIT_WORDS, "commands": COMMAND_WORDS}  # test_<group>.jsonl
 SPLITS = {"training": "train", "validation": "dev", "testing": "test"}
 SHA_CHUNK = 1 << 20  # bytes read per step while hashing the archive
 PROBLEMS_SHOWN = 5  # problems printed by prepare; all of them go to prepare.json
@@ -326,6 +331,9 @@ def prepare(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
         utts = sorted(_utterances(items, _clip, problems, root, jobs, progress, f"{split} audio"),
                       key=lambda u: u.id)
         write_manifest(out_dir / f"{split}.jsonl", utts)
+        if split == "test":
+            for group, group_words in TEST_GROUPS.items():
+                write_manifest(out_dir / f"test_{group}.jsonl", [u for u in utts if u.text in group_words])
         summary["utterances"][split] = len(utts)
         summary["speakers"][split] = len({u.speaker for u in utts})
         per_word = Counter(u.id.split("-", 1)[0] for u in utts)  # ids are <word>-<stem>
@@ -345,19 +353,40 @@ def prepare(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
 # --------------------------------------------------------------------------- command line
 
 
-def run_download(dest: str | os.PathLike, url: str | None = None) -> int:
-    """``asr download speech-commands --dest DIR [--url URL]``: download() with the published
-    checksum (also for a mirror ``url``); prints where the corpus is. Returns 0."""
-    print(f"Speech Commands v{VERSION} in {download(dest, url or ARCHIVE_URL)}")
+def run_download(dest: str | os.PathLike, url: str | None = None, sha256: str | None = None) -> int:
+    """``asr download speech-commands --dest DIR [--url URL [--sha256 HEX]]``: download() with
+    the published checksum and size (also for a mirror ``url``), or with ``sha256`` (size then
+    unchecked) for another archive; prints where the corpus is. Returns 0."""
+    if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256):
+        raise SpeechCommandsError(f"--sha256 must be 64 hexadecimal digits, got {sha256!r}")
+    checksum = {"sha256": sha256, "size": None} if sha256 else {}
+    print(f"Speech Commands v{VERSION} in {download(dest, url or ARCHIVE_URL, **checksum)}")
     return 0
 
 
+def parse_percentages(text: str | None) -> tuple[float, float]:
+    """"DEV,TEST" (which_set's validation and testing percentages) -> (dev, test); None gives
+    the corpus's (10, 10). SpeechCommandsError unless two numbers >= 0 summing to at most 100."""
+    if text is None:
+        return (VALIDATION_PERCENTAGE, TESTING_PERCENTAGE)
+    try:
+        dev, test = (float(v) for v in text.split(","))
+    except ValueError:
+        raise SpeechCommandsError(f"split percentages must be DEV,TEST (two numbers), got {text!r}") from None
+    if dev < 0 or test < 0 or dev + test > 100:
+        raise SpeechCommandsError(f"split percentages must be >= 0 and sum to at most 100, got {text!r}")
+    return dev, test
+
+
 def run_prepare(data_dir: str | os.PathLike, out: str | os.PathLike,
-                words: Iterable[str] | None = None) -> int:
-    """``asr prepare speech-commands --data-dir DIR --out DIR [--words W ...]``: prepare(),
+                words: Iterable[str] | None = None,
+                percentages: tuple[float, float] = (VALIDATION_PERCENTAGE, TESTING_PERCENTAGE)) -> int:
+    """``asr prepare speech-commands --data-dir DIR --out DIR [--words W ...]
+    [--split-percentages DEV,TEST]``: prepare() (the percentages apply without official lists),
     then prints the counts, the problems (first few) and any speaker found in two splits.
     Returns 0, or 1 when a speaker is in two splits (the manifests are written all the same)."""
-    s = prepare(data_dir, out, words)
+    s = prepare(data_dir, out, words, validation_percentage=percentages[0],
+                testing_percentage=percentages[1])
     counts = ", ".join(f"{split} {n} ({s['speakers'][split]} speakers)"
                        for split, n in s["utterances"].items())
     print(f"prepared {len(s['words'])} words from {s['split_source']}: {counts}; "
@@ -386,11 +415,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", required=True, type=Path)
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--words", nargs="+", default=None, help="only these words")
+    p.add_argument("--split-percentages", default=None, metavar="DEV,TEST",
+                   help="which_set's percentages when the official lists are absent (default 10,10)")
     args = parser.parse_args(argv)
     try:
         if args.command == "download":
             return run_download(args.dest, args.url)
-        return run_prepare(args.data_dir, args.out, args.words)
+        return run_prepare(args.data_dir, args.out, args.words, parse_percentages(args.split_percentages))
     except (DownloadError, OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
