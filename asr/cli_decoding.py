@@ -86,7 +86,9 @@ def _add_evaluate(sub, handler):
     p.add_argument("--model", required=True, type=Path, help="model directory or .tflite")
     p.add_argument("--manifest", required=True, nargs="+", type=Path,
                    help="test manifest(s); with several, each one's results go to OUT/<its file stem>")
-    p.add_argument("--out", required=True, type=Path, help="folder for hyps.tsv, errors.txt, summary.json")
+    p.add_argument("--out", required=True, type=Path,
+                   help="folder for hyps.tsv, errors.txt, summary.json; {stem} in it is replaced by each "
+                        "manifest's file stem (e.g. exp/eval/{stem}-lm)")
     p.add_argument("--batch-size", type=int, default=32)
     add_decoder_args(p)
     p.set_defaults(func=handler)
@@ -127,14 +129,16 @@ def add_parsers(sub, transcribe_handler, evaluate_handler) -> None:
 def cmd_evaluate(args) -> int:
     from asr.evaluation import evaluate_many, summary_line
 
-    if len(args.manifest) == 1:
+    stems = [m.name.removesuffix(".jsonl") for m in args.manifest]
+    if "{stem}" in str(args.out):
+        outs = [Path(str(args.out).replace("{stem}", s)) for s in stems]
+    elif len(args.manifest) == 1:
         outs = [args.out]
     else:
-        stems = [m.name.removesuffix(".jsonl") for m in args.manifest]
-        twice = sorted({s for s in stems if stems.count(s) > 1})
-        if twice:
-            raise ValueError(f"several manifests named {', '.join(twice)}: their results would share OUT/<stem>")
         outs = [args.out / s for s in stems]
+    twice = sorted({s for s in stems if stems.count(s) > 1})
+    if twice and len(args.manifest) > 1:
+        raise ValueError(f"several manifests named {', '.join(twice)}: their results would share one folder")
     summaries = evaluate_many(args.model, args.manifest, outs, batch_size=args.batch_size, decoding=decoder_options(args))
     for manifest, out, summary in zip(args.manifest, outs, summaries):
         print(f"{manifest}: {summary_line(summary)} -> {out}")

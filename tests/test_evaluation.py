@@ -94,6 +94,8 @@ def test_evaluate_command_loads_the_model_once_for_several_manifests(tmp_path, m
     assert main(["evaluate", "--model", "m", "--manifest", sets[0], str(tmp_path / "other" / "seen.jsonl"),
                  "--out", str(tmp_path / "eval2")]) == 2
     assert "several manifests named seen" in capsys.readouterr().err and len(loads) == 1
+    assert main(["evaluate", "--model", "m", "--manifest", *sets, "--out", str(tmp_path / "eval" / "{stem}-lm")]) == 0
+    assert (tmp_path / "eval" / "seen-lm" / "summary.json").is_file() and (tmp_path / "eval" / "unseen-lm" / "summary.json").is_file()
 
 
 def _write_summary(folder, model, wer):

@@ -171,8 +171,8 @@ def test_float32_tflite_transcripts_equal_keras_on_the_fsdd_test_split(fsdd_dir,
     if not (SHIPPED / "model.json").is_file():
         pytest.skip("the shipped Keras model is absent: run recipes/fsdd/run.sh")
     flat = export_model(SHIPPED, tmp_path / "f32.tflite", "float32")
-    audios = [load_audio(f) for f in sorted(fsdd_dir.glob("*.wav")) if int(f.stem.split("_")[2]) < 5]
-    assert len(audios) == 250
+    audios = [load_audio(f) for f in sorted(fsdd_dir.glob("*.wav")) if int(f.stem.split("_")[2]) < 5][::2]
+    assert len(audios) == 125  # every second test recording
     keras = Recognizer(SHIPPED).transcribe_audio(audios, batch_size=32)
     model = TFLiteModel(flat, num_threads=1)
     assert [model.transcribe(a) for a in audios] == keras

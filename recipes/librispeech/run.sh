@@ -147,9 +147,8 @@ train() {
 
 evaluate() {
   "$asr" average --exp "$exp" --last "$avg" --out "$exp/avg-$avg"
-  for set in $test_sets; do
-    "$asr" evaluate --model "$exp/avg-$avg" --manifest "data/manifests/$set.jsonl" --out "$exp/eval/$set"
-  done
+  # shellcheck disable=SC2046  # one process for every test set: the model loads once
+  "$asr" evaluate --model "$exp/avg-$avg" --manifest $(manifests $test_sets) --out "$exp/eval/{stem}"
   results $test_sets
 }
 
@@ -197,11 +196,10 @@ tune() {
 evaluate_lm() {
   no_lm && return 0
   local set sets=()
-  for set in $test_sets; do
-    "$asr" evaluate --model "$exp/avg-$avg" --manifest "data/manifests/$set.jsonl" --out "$exp/eval/$set-$lm" \
-      --decoder-config "$decoder_dir/decoder.json"
-    sets+=("$set" "$set-$lm")
-  done
+  # shellcheck disable=SC2046
+  "$asr" evaluate --model "$exp/avg-$avg" --manifest $(manifests $test_sets) --out "$exp/eval/{stem}-$lm" \
+    --decoder-config "$decoder_dir/decoder.json"
+  for set in $test_sets; do sets+=("$set" "$set-$lm"); done
   results "${sets[@]}"
 }
 
