@@ -47,8 +47,6 @@ CONFIG = ROOT / "models" / "configs" / "fsdd.yaml"
 VARIANTS = ("base", "global", "noise", "reverb", "vtlp", "tts")
 SETTINGS = {"base": [], "global": ["features.normalization=global"], "vtlp": ["training.vtlp_warp=0.1"]}
 SC_PERCENTAGES = (11, 2)  # the shared clips are all from the official test band [10, 20) of which_set
-DIGITS = "zero one two three four five six seven eight nine".split()
-COMMANDS = "yes no up down left right on off stop go".split()
 TTS_VOICES = ("en-us", "en", "en-gb-x-rp", "en-029", "en-us+f1", "en-us+f3", "en-us+m3", "en+m7", "en+f4", "en-us+croak")
 TTS_SPEEDS = (130, 160, 190)
 
@@ -57,7 +55,8 @@ def prepare(fsdd_dir: Path, sc_dir: Path, work: Path) -> dict[str, Path]:
     """Manifests of the module docstring under ``work``; returns {name: manifest}."""
     from asr.corpora import fsdd, speech_commands
     from asr.corruption import corrupt_manifest
-    from asr.manifest import read_manifest, write_manifest
+    from asr.lexicon import write_lexicon
+    from asr.manifest import read_manifest
 
     f, s = work / "fsdd", work / "sc"
     if not (f / "prepare.json").exists():
@@ -75,14 +74,11 @@ def prepare(fsdd_dir: Path, sc_dir: Path, work: Path) -> dict[str, Path]:
             if not out.exists():
                 corrupt_manifest(m[name], out, kind, s / "noise.jsonl", seed=1)
             m[f"{name}_{kind}"] = out
-    test = read_manifest(s / "test.jsonl")
-    for name, words in (("sc_digits", DIGITS), ("sc_commands", COMMANDS)):
-        write_manifest(work / f"{name}.jsonl", [u for u in test if u.text in words])
     m.update({"george_isolated": h / "test.jsonl", "george_connected": h / "test_connected.jsonl",
-              "sc_digits": work / "sc_digits.jsonl", "sc_commands": work / "sc_commands.jsonl",
+              "sc_digits": s / "test_digits.jsonl", "sc_commands": s / "test_commands.jsonl",
               "seen_isolated": h / "test_seen.jsonl", "seen_connected": h / "test_seen_connected.jsonl"})
-    words = sorted({w for k in ("fsdd_train", "sc_train") for u in read_manifest(m[k]) for w in u.text.split()})
-    (work / "lexicon.txt").write_text("".join(w + "\n" for w in words))
+    write_lexicon(sorted({w for k in ("fsdd_train", "sc_train") for u in read_manifest(m[k]) for w in u.text.split()}),
+                  work / "lexicon.txt")
     return m
 
 
@@ -189,6 +185,9 @@ def throughput(m: dict[str, Path], clips: int = 300) -> dict:
 
 
 def main() -> int:
+    from asr.corpora.speech_commands import COMMAND_WORDS
+    from asr.text import DIGIT_WORDS
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fsdd", type=Path, required=True, help="FSDD copy holding recordings/")
     parser.add_argument("--speech-commands", type=Path, required=True, help="Speech Commands clips (corpus layout)")
@@ -201,7 +200,7 @@ def main() -> int:
 
     args.work.mkdir(parents=True, exist_ok=True)
     m = prepare(args.fsdd, args.speech_commands, args.work)
-    tts = espeak_manifest(args.work / "tts", DIGITS + [w for w in COMMANDS if w not in DIGITS]) if "tts" in args.variants else None
+    tts = (espeak_manifest(args.work / "tts", [*DIGIT_WORDS, *COMMAND_WORDS]) if "tts" in args.variants else None)
     variants = [v for v in args.variants if v != "tts" or tts is not None]
     skipped = sorted(set(args.variants) - set(variants))
     train(variants, m, tts, args.work, args.epochs)

@@ -73,9 +73,9 @@ CLIP_RE = re.compile(r"^.+?_nohash_\d+\.wav$")
 MAX_NUM_WAVS_PER_CLASS = 2 ** 27 - 1  # 134,217,727
 VALIDATION_PERCENTAGE = 10
 TESTING_PERCENTAGE = 10
-# which_set's partition names -> our split (manifest) names.
 COMMAND_WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 TEST_GROUPS = {"digits": DIGIT_WORDS, "commands": COMMAND_WORDS}  # test_<group>.jsonl
+# which_set's partition names -> our split (manifest) names.
 SPLITS = {"training": "train", "validation": "dev", "testing": "test"}
 SHA_CHUNK = 1 << 20  # bytes read per step while hashing the archive
 PROBLEMS_SHOWN = 5  # problems printed by prepare; all of them go to prepare.json
