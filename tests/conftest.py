@@ -4,8 +4,6 @@
 """
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -111,38 +109,3 @@ def opts(sleeps):
     from asr.corpora.librispeech import FetchOptions
 
     return FetchOptions(progress=False, sleep=sleeps.append)
-
-
-SHIPPED_KERAS_DIR = REPO_ROOT / "models" / "fsdd"
-SHIPPED_TFLITE_FILE = REPO_ROOT / "models" / "fsdd.tflite"
-TWIN_RECORDINGS = 100  # FSDD recordings whose log-mels give the twin's global statistics
-
-
-@pytest.fixture(scope="session")
-def global_twin(fsdd_dir, tmp_path_factory) -> tuple[Path, Path]:
-    """(Keras model dir, dynamic-int8 .tflite) of the shipped model's network with global
-    normalization: windows equal one pass only with global statistics (asr.windows), so the
-    windowing tests run on this. A shipped model with global normalization is its own twin;
-    one trained with per-utterance normalization gets the mean and deviation of the log-mels of
-    TWIN_RECORDINGS FSDD recordings instead (its recognition a little worse, not broken)."""
-    from asr.audio import load_audio
-    from asr.config import ExperimentConfig
-    from asr.features import compute_global_stats, log_mel
-
-    if not (SHIPPED_KERAS_DIR / "model.json").is_file() or not SHIPPED_TFLITE_FILE.is_file():
-        pytest.skip("the shipped model is absent: run recipes/fsdd/run.sh")
-    meta = json.loads((SHIPPED_KERAS_DIR / "model.json").read_text())
-    if meta["config"]["features"]["normalization"] == "global":
-        return SHIPPED_KERAS_DIR, SHIPPED_TFLITE_FILE
-    from export.convert import export_model
-
-    twin = tmp_path_factory.mktemp("twin") / "fsdd-global"
-    shutil.copytree(SHIPPED_KERAS_DIR, twin)
-    spec = ExperimentConfig.from_dict(meta["config"]).features
-    wavs = sorted(fsdd_dir.glob("*.wav"))
-    paths = wavs[:: max(1, len(wavs) // TWIN_RECORDINGS)]
-    stats = compute_global_stats([log_mel(load_audio(p), spec) for p in paths], spec)
-    meta["config"]["features"]["normalization"] = "global"
-    meta["normalization_stats"] = stats.to_dict()
-    (twin / "model.json").write_text(json.dumps(meta, indent=1))
-    return twin, export_model(twin, twin.with_suffix(".tflite"), "dynamic")

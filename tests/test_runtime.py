@@ -22,6 +22,7 @@ from benchmarks.long_audio import float_weights  # int8 weights dequantized: the
 from conftest import REPO_ROOT
 
 SHIPPED_TFLITE = REPO_ROOT / "models" / "fsdd.tflite"
+SHIPPED_KERAS = REPO_ROOT / "models" / "fsdd"
 SAMPLE_RATE = 16000
 STEP = 640  # samples per output frame
 
@@ -59,16 +60,9 @@ def shipped():
 
 
 @pytest.fixture(scope="module")
-def twin(global_twin) -> Path:
-    """The shipped model's dynamic-int8 .tflite with global normalization (conftest.global_twin):
-    windows equal one pass only with global statistics."""
-    return global_twin[1]
-
-
-@pytest.fixture(scope="module")
-def float_tflite(twin, tmp_path_factory) -> Path:
+def float_tflite(shipped, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("float") / "fsdd-float.tflite"
-    path.write_bytes(float_weights(twin.read_bytes()))
+    path.write_bytes(float_weights(shipped.read_bytes()))
     return path
 
 
@@ -109,18 +103,18 @@ def test_short_inputs_are_one_window():
 # ------------------------------------------------------------------ windowed == one pass
 
 
-def test_tiny_windows_on_a_short_file_equal_the_whole_pass(float_tflite, twin, twenty_seconds):
+def test_tiny_windows_on_a_short_file_equal_the_whole_pass(float_tflite, shipped, twenty_seconds):
     """20 s of real digits, windows keeping 1.6 s with 16 s of context each side (13 windows):
     with float weights the log-probabilities of one pass up to what the BiLSTM state still
     remembers 16 s away (a frame off the grid would differ by several units) and the same
-    argmax everywhere; the int8 model gives the same text. (Measured with the shipped network:
+    argmax everywhere; the shipped int8 model gives the same text. (Measured with the shipped network:
     0.011 at 16 s, 0.20 at 10 s, identical at 20 s; its five-speaker predecessor forgot sooner.)"""
     from asr.runtime import TFLiteModel
     from asr.windows import output_frames, plan_windows
 
     pcm, _ = twenty_seconds
     assert len(plan_windows(pcm.size, window_frames=40, context_frames=400, max_frames=0)) >= 10
-    for path, atol in ((float_tflite, 0.1), (twin, None)):
+    for path, atol in ((float_tflite, 0.1), (shipped, None)):
         whole = TFLiteModel(path, num_threads=1)
         windowed = TFLiteModel(path, num_threads=1, window_frames=40, context_frames=400, max_frames=0)
         a, b = whole.log_probs(pcm), windowed.log_probs(pcm)
@@ -132,7 +126,7 @@ def test_tiny_windows_on_a_short_file_equal_the_whole_pass(float_tflite, twin, t
 
 
 @pytest.mark.slow
-def test_four_minutes_windowed_give_the_whole_pass_transcript(float_tflite, twin, fsdd_dir):
+def test_four_minutes_windowed_give_the_whole_pass_transcript(float_tflite, shipped, fsdd_dir):
     """Default windows (60 s kept, 40 s of context) on 4 minutes of real digits and pauses: the
     whole pass's text, float and dynamic int8 (whose convolutions stay float)."""
     from asr.evaluation import error_rates
@@ -145,18 +139,20 @@ def test_four_minutes_windowed_give_the_whole_pass_transcript(float_tflite, twin
     text = whole.transcribe(pcm)
     assert TFLiteModel(float_tflite, num_threads=1).transcribe(pcm) == text
     assert error_rates([words], [text])["wer"] < 0.1  # real recognition, not an empty string
-    whole, windowed = (TFLiteModel(twin, num_threads=1, max_frames=m) for m in (10**9, None))
+    whole, windowed = (TFLiteModel(shipped, num_threads=1, max_frames=m) for m in (10**9, None))
     assert windowed.transcribe(pcm) == whole.transcribe(pcm)
 
 
 @pytest.mark.slow
-def test_keras_recognizer_windows_equal_its_whole_pass(global_twin, twenty_seconds):
+def test_keras_recognizer_windows_equal_its_whole_pass(fsdd_dir, twenty_seconds):
     from asr.transcription import Recognizer
     from asr.windows import output_frames
 
+    if not (SHIPPED_KERAS / "model.json").is_file():
+        pytest.skip("the shipped Keras model is absent")
     pcm, _ = twenty_seconds
-    whole = Recognizer(global_twin[0])
-    windowed = Recognizer(global_twin[0], window_frames=40, context_frames=400, max_frames=0)
+    whole = Recognizer(SHIPPED_KERAS)
+    windowed = Recognizer(SHIPPED_KERAS, window_frames=40, context_frames=400, max_frames=0)
     short = pcm[: 3 * SAMPLE_RATE]
     (a, a_short), (b, b_short) = whole.audio_log_probs([pcm, short]), windowed.audio_log_probs([pcm, short])
     assert a.shape == b.shape == (output_frames(pcm.size), whole.config.vocabulary.size)
