@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from asr.audio import SAMPLE_RATE, AudioError, load_audio, write_audio
-from asr.manifest import Utterance, read_manifest, write_manifest
+from asr.manifest import read_manifest, write_manifest
 
 KINDS = ("noise", "reverb", "both")
 SNR_DB = (5.0, 20.0)  # additive-noise SNR range, dB
