@@ -18,6 +18,8 @@
     asr results --eval DIR --out RESULTS.md
     asr transcribe PATH ... [--model DIR|FILE.tflite] [--format txt|tsv|json|srt|vtt] [--output-dir DIR]
     asr export MODEL_DIR -o model.tflite [--quantization float32|float16|dynamic|int8] [--verify M ...]
+    asr export --streaming MODEL_DIR -o model.tflite [--chunk-ms 160|320|640] [--quantization float32|dynamic]
+    asr stream -|FILE.raw [--model FILE.tflite] [--endpoint SECONDS]   (asr/cli_streaming.py)
     asr info MODEL_DIR|FILE.tflite
     asr publish --model DIR --dest DIR [--metrics NAME=SUMMARY.json ...] [--reference NAME=SUMMARY.json ...]
 """
@@ -155,6 +157,10 @@ def _add_export(sub):
                    help="also export every quantization mode beside OUTPUT and compare them with Keras")
     p.add_argument("--decoder-config", type=Path, default=None,
                    help="embed this decoder (asr tune's JSON: its word list and ARPA LM) instead of the model's own")
+    p.add_argument("--streaming", action="store_true",
+                   help="a streaming .tflite (a unidirectional model): one chunk of PCM plus the state per call")
+    p.add_argument("--chunk-ms", type=int, default=None,
+                   help="with --streaming: the chunk length, a multiple of 40 ms (default 160; 160, 320 and 640 are tested)")
     p.set_defaults(func=cmd_export)
 
 
@@ -178,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     from asr.corruption import add_parser as add_augment
 
     add_augment(sub)
+    from asr.cli_streaming import add_stream_parser
+
+    add_stream_parser(sub)
     return parser
 
 
@@ -300,6 +309,12 @@ def cmd_results(args) -> int:
 def cmd_export(args) -> int:
     from export.convert import QUANTIZATIONS, export_model
 
+    if args.streaming:
+        from asr.cli_streaming import cmd_export_streaming
+
+        return cmd_export_streaming(args)
+    if args.chunk_ms is not None:
+        raise ValueError("--chunk-ms goes with --streaming")
     out = export_model(args.model, args.output, args.quantization, args.calibration,
                        read_decoder_config(args.decoder_config))
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {args.quantization})")

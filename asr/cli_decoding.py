@@ -77,6 +77,10 @@ def _add_transcribe(sub, handler):
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--no-vad", action="store_true",
                    help=f"do not cut files over {LONG_FILE_SECONDS:.0f} s at pauses (one windowed pass instead)")
+    p.add_argument("--stream", action="store_true",
+                   help="read each file chunk by chunk through a streaming model (asr export --streaming; default: "
+                        "the shipped one), the partial text updating on stderr")
+    p.add_argument("--realtime", action="store_true", help="with --stream: deliver the chunks at the pace of speech")
     add_decoder_args(p)
     p.set_defaults(func=handler)
 
@@ -155,7 +159,13 @@ def cmd_transcribe(args) -> int:
 
     paths, problems = expand_inputs(args.paths)
     results = list(problems)
-    if paths:
+    if args.realtime and not args.stream:
+        raise ValueError("--realtime goes with --stream")
+    if paths and args.stream:
+        from asr.cli_streaming import cmd_transcribe_stream
+
+        cmd_transcribe_stream(args, paths, results)
+    elif paths:
         recognizer = load_recognizer(args.model, num_threads=args.threads, decoding=decoder_options(args))
         if args.model is None:  # once per command: what the shipped model knows
             print(default_model_note(default_model(), recognizer.corpus), file=sys.stderr, flush=True)

@@ -51,13 +51,14 @@ def log_mel_graph(pcm, spec: FeatureSpec, stats: GlobalStats | None = None):
     return normalize_graph(raw_log_mel_graph(pcm, spec), spec, stats)
 
 
-def raw_log_mel_graph(pcm, spec: FeatureSpec):
+def raw_log_mel_graph(pcm, spec: FeatureSpec, center: bool = True):
     """TensorFlow log-mel of ``pcm`` [num_samples] -> [num_frames, n_mels], not normalized
-    (asr.features.log_mel in TF ops)."""
+    (asr.features.log_mel in TF ops). center=False: no zero padding, frame i covers samples
+    [i * hop, i * hop + n_fft) and num_frames = 1 + (num_samples - n_fft) // hop (streaming)."""
     import tensorflow as tf
 
-    pad = spec.n_fft // 2
-    padded = tf.pad(pcm, [[pad, pad]])
+    pad = spec.n_fft // 2 if center else 0
+    padded = tf.pad(pcm, [[pad, pad]]) if center else pcm
     frames = tf.signal.frame(padded, spec.n_fft, spec.hop_length)  # [num_frames, n_fft]
     frames = frames * tf.constant(spec.window())
     spectrum = tf.signal.rfft(frames, fft_length=[spec.n_fft])  # [num_frames, n_fft // 2 + 1]

@@ -45,6 +45,7 @@ METADATA_NAME = "asr_metadata"  # the Model.metadata entry written by export/met
 TFLITE_IDENTIFIER = b"TFL3"  # flatbuffer file identifier, bytes 4..8
 XNNPACK_INFO = b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU."  # LiteRT's start-up line
 PREPARE_SAMPLES = 16000  # 1 s: the input length the interpreter is first allocated with
+STREAMING_FORMAT = "asr-tflite-streaming"  # metadata "format" of a streaming file (asr.streaming)
 
 
 class ModelFileError(ValueError):
@@ -130,6 +131,16 @@ def filtered_stderr(drop):
                 os.write(2, b"".join(kept))
 
 
+def interpreter(path, num_threads: int | None = None, xnnpack: bool = True):
+    """A LiteRT Interpreter of ``path``; xnnpack=False: TFLite's builtin kernels only (no
+    default delegate), whose int8 arithmetic differs from XNNPACK's in the last bits."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    resolver = OpResolverType.AUTO if xnnpack else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    return Interpreter(model_path=str(path), num_threads=num_threads or os.cpu_count(),
+                       experimental_op_resolver_type=resolver)
+
+
 def quiet_litert_info():
     """``filtered_stderr`` dropping LiteRT's XNNPACK_INFO line."""
     return filtered_stderr(lambda line: line.rstrip() == XNNPACK_INFO)
@@ -141,11 +152,13 @@ class TFLiteModel:
     when the input is longer than ``max_frames`` (default window + 2 * context)."""
 
     def __init__(self, path, num_threads: int | None = None, window_frames: int | None = None,
-                 context_frames: int = CONTEXT_FRAMES, max_frames: int | None = None):
-        from ai_edge_litert.interpreter import Interpreter
+                 context_frames: int = CONTEXT_FRAMES, max_frames: int | None = None, xnnpack: bool = True):
 
         self.path = Path(path)
         self.metadata = read_metadata(self.path)
+        if self.metadata.get("format") == STREAMING_FORMAT:
+            raise ModelFileError(f"{self.path}: a streaming model (one chunk plus state per call): run it with "
+                                 f"asr.streaming.StreamingModel ('asr transcribe --stream', 'asr stream'), not as a whole file")
         self.blank, self.symbols, self.word_boundary = decoding_rule(self.metadata, self.path)
         self.sample_rate = metadata_field(self.metadata, "input.sample_rate", self.path)
         if not isinstance(self.sample_rate, int) or self.sample_rate <= 0:
@@ -157,7 +170,7 @@ class TFLiteModel:
         self.context_frames, self.max_frames = context_frames, max_frames
         with quiet_litert_info():
             try:
-                self.interpreter = Interpreter(model_path=str(self.path), num_threads=num_threads or os.cpu_count())
+                self.interpreter = interpreter(self.path, num_threads, xnnpack)
                 self._input = self.interpreter.get_input_details()[0]["index"]
                 self._output = self.interpreter.get_output_details()[0]["index"]
                 self._resize(PREPARE_SAMPLES)

@@ -38,6 +38,7 @@ LOCAL = "local"  # models/local/: where recipes publish what they train (git-ign
 # Without --model, relative to models/: what a recipe published on this machine first, then the
 # shipped model; the on-device file before the Keras directory.
 DEFAULT_MODELS = ("local/fsdd.tflite", "local/fsdd", "fsdd.tflite", "fsdd")
+DEFAULT_STREAMING_MODELS = ("local/fsdd_streaming.tflite", "fsdd_streaming.tflite")  # --stream, asr stream
 MAX_BATCH_FRAMES = 60000  # padded input frames per batch: 10 minutes of audio
 MAX_CHUNK_SECONDS = 600.0  # audio read into memory at a time: 10 min, 38 MB as float32 at 16 kHz
 # What a model trained on each corpus recognizes, for the note on the default model.
@@ -271,17 +272,32 @@ class TFLiteRecognizer(FileTranscriber):
     long ones in windows."""
 
     def __init__(self, path, num_threads: int | None = None):
-        from asr.runtime import TFLiteModel
-
-        self.model = TFLiteModel(path, num_threads)
+        self.model = self.open(path, num_threads)
         self.sample_rate = self.model.sample_rate
         self.metadata = self.model.metadata
         self.corpus = self.metadata.get("training_corpus", "")
         self.symbols, self.blank, self.word_boundary = self.model.symbols, self.model.blank, self.model.word_boundary
         self.shipped = shipped_from_metadata(self.metadata, path)
 
+    @staticmethod
+    def open(path, num_threads):
+        from asr.runtime import TFLiteModel
+
+        return TFLiteModel(path, num_threads)
+
     def audio_log_probs(self, audios: list[np.ndarray], batch_size: int = 16) -> list[np.ndarray]:
         return [self.model.log_probs(a) for a in audios]
+
+
+class StreamingFileRecognizer(TFLiteRecognizer):
+    """A streaming .tflite (``asr export --streaming``) on whole files: each file goes through
+    the stream chunk by chunk (asr.streaming), so files decode as the phone would hear them."""
+
+    @staticmethod
+    def open(path, num_threads):
+        from asr.streaming import StreamingModel
+
+        return StreamingModel(path, num_threads)
 
 
 def length_batches(frames: list[int], batch_size: int) -> list[list[int]]:
@@ -296,10 +312,11 @@ def length_batches(frames: list[int], batch_size: int) -> list[list[int]]:
     return batches + [current] if current else batches
 
 
-def default_model(models_dir: Path = MODELS) -> Path | None:
-    """The model a command uses without --model: the first of DEFAULT_MODELS under
-    ``models_dir`` that exists (a directory counts when it holds model.json), or None."""
-    for name in DEFAULT_MODELS:
+def default_model(models_dir: Path = MODELS, streaming: bool = False) -> Path | None:
+    """The model a command uses without --model: the first of DEFAULT_MODELS (with
+    ``streaming``, DEFAULT_STREAMING_MODELS) under ``models_dir`` that exists (a directory
+    counts when it holds model.json), or None."""
+    for name in DEFAULT_STREAMING_MODELS if streaming else DEFAULT_MODELS:
         model = Path(models_dir) / name
         if (model if model.suffix == ".tflite" else model / "model.json").is_file():
             return model
@@ -334,5 +351,10 @@ def _load(model, num_threads) -> FileTranscriber:
     if not model.exists():
         raise FileNotFoundError(f"model not found: {model}")
     if model.is_file():
+        from asr.runtime import read_metadata
+        from asr.streaming import is_streaming
+
+        if is_streaming(read_metadata(model)):
+            return StreamingFileRecognizer(model, num_threads=num_threads)
         return TFLiteRecognizer(model, num_threads=num_threads)
     return Recognizer(model)

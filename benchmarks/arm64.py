@@ -14,7 +14,8 @@ For example:
 
 Each audio file is loaded on the host with ``asr.audio.load_audio`` (16 kHz float32) and run with
 ``asr.runtime.TFLiteModel(num_threads=1)``; the same waveforms are then run by the same
-runtime code (asr/__init__.py, asr/decoding.py, asr/runtime.py copied into the root) with
+runtime code (RUNTIME_FILES of asr/ copied into the root; a streaming .tflite from ``asr export
+--streaming`` runs chunk by chunk with asr.streaming.StreamingModel) with
 the arm64 ai-edge-litert wheel under qemu-user, via benchmarks/arm64_worker.py. Reported per
 file and in total: transcripts equal, frame-argmax agreement and max abs diff of the
 log-probs. Results are not bit-identical across architectures: compare those, not bytes.
@@ -69,7 +70,8 @@ WHEEL_PLATFORM = "manylinux_2_27_aarch64"  # the only aarch64 tag LiteRT 2.3.0 p
 PURE_DEPS = ("flatbuffers",)  # pure-Python dependencies asr.runtime.read_metadata needs besides numpy
 CHROOT_LITERT = "/opt/litert"  # unzipped wheels
 CHROOT_APP = "/opt/asr"  # asr/ (the runtime files), worker.py and job/ (one run's inputs and outputs)
-RUNTIME_FILES = ("__init__.py", "decoding.py", "runtime.py")  # all that asr.runtime imports
+# all that asr.runtime and asr.streaming import (asr.decoding's Decoder is not used here)
+RUNTIME_FILES = ("__init__.py", "decoding.py", "runtime.py", "text.py", "windows.py", "streaming.py", "transcript.py")
 WORKER = Path(__file__).resolve().with_name("arm64_worker.py")
 CHROOT_ENV = {  # a clean environment: no host PYTHONPATH/VIRTUAL_ENV, and QEMU_CPU unset (empty makes qemu fail)
     "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -456,9 +458,11 @@ def collect_inputs(paths: list[Path], limit: int | None) -> list[Path]:
 def run_x86(model_path: Path, files: list[Path]):
     """Waveforms, log-probs and transcripts on the host, with the same runtime as the app."""
     from asr.audio import AudioError, load_audio
-    from asr.runtime import TFLiteModel
+    from asr.runtime import TFLiteModel, decode_text, read_metadata
+    from asr.streaming import StreamingModel, is_streaming
 
-    model = TFLiteModel(model_path, num_threads=NUM_THREADS)
+    kind = StreamingModel if is_streaming(read_metadata(model_path)) else TFLiteModel
+    model = kind(model_path, num_threads=NUM_THREADS)
     waves, log_probs, texts = [], [], []
     for path in files:
         try:
@@ -466,7 +470,7 @@ def run_x86(model_path: Path, files: list[Path]):
         except AudioError as err:
             raise Arm64Error(f"{path}: {err}") from None
         log_probs.append(model.log_probs(waves[-1]))
-        texts.append(model.decode(log_probs[-1]))
+        texts.append(decode_text(log_probs[-1], model.symbols, model.blank, model.word_boundary))
     return model, waves, log_probs, texts
 
 

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from asr.runtime import TFLiteModel
+from asr.runtime import TFLiteModel, decode_text, read_metadata
+from asr.streaming import StreamingModel, is_streaming
 
 NUM_THREADS = 1  # one interpreter thread: the same kernels and reduction order as the x86 run
 
@@ -60,7 +61,8 @@ def environment() -> dict:
 
 def main(job: Path) -> int:
     names = json.loads((job / "files.json").read_text())
-    model = TFLiteModel(job / "model.tflite", num_threads=NUM_THREADS)
+    kind = StreamingModel if is_streaming(read_metadata(job / "model.tflite")) else TFLiteModel  # chunk by chunk
+    model = kind(job / "model.tflite", num_threads=NUM_THREADS)
     outputs, transcripts = {}, []
     with np.load(job / "input.npz") as data:
         for i, name in enumerate(names):
@@ -69,7 +71,7 @@ def main(job: Path) -> int:
             log_probs = model.log_probs(pcm)
             seconds = time.perf_counter() - start
             outputs[f"arm_{i:04d}"] = log_probs
-            transcripts.append(model.decode(log_probs))
+            transcripts.append(decode_text(log_probs, model.symbols, model.blank, model.word_boundary))
             x86 = data[f"x86_{i:04d}"]
             diff = float(np.abs(log_probs - x86).max()) if log_probs.shape == x86.shape else float("nan")
             print(f"  arm64 [{i + 1}/{len(names)}] {name}: {log_probs.shape[0]} frames, "

@@ -114,17 +114,26 @@ def train_lists(variant: str, m: dict[str, Path], tts: Path | None) -> list[Path
 
 def train(variants: list[str], m: dict[str, Path], tts: Path | None, work: Path, epochs: int) -> None:
     """Train the variants two at a time (one thread each); a variant with a model is skipped."""
-    todo = [v for v in variants if not (work / v / "model" / "model.json").exists()]
+    run_pairs({v: training_command(work / v, train_lists(v, m, tts), m, work, "features.normalization=utterance",
+                                   f"training.epochs={epochs}", *SETTINGS.get(v, [])) for v in variants}, work)
+
+
+def training_command(exp: Path, lists: list[Path], m: dict[str, Path], work: Path, *settings: str) -> list[str]:
+    """``asr train`` of the recipe's config on one thread, the dev sets of ``m``, the shared cache."""
+    return [sys.executable, "-m", "asr", "train", "--config", str(CONFIG), "--threads", "1", "--corpus", "fsdd+speech-commands",
+            "--exp", str(exp), "--feature-cache", str(work / "cache"), "--train", *map(str, lists),
+            "--dev", *(str(m[k]) for k in ("fsdd_dev", "fsdd_dev_connected", "sc_dev")), "--set", *settings]
+
+
+def run_pairs(commands: dict[str, list[str]], work: Path) -> None:
+    """Run the {variant: command} two at a time, each logging to work/<variant>.log; a variant
+    whose work/<variant>/model exists is skipped."""
+    todo = [v for v in commands if not (work / v / "model" / "model.json").exists()]
     for pair in (todo[i : i + 2] for i in range(0, len(todo), 2)):
         procs = []
         for v in pair:
-            cmd = [sys.executable, "-m", "asr", "train", "--config", str(CONFIG), "--threads", "1", "--corpus", "fsdd+speech-commands",
-                   "--exp", str(work / v), "--feature-cache", str(work / "cache"),
-                   "--train", *map(str, train_lists(v, m, tts)),
-                   "--dev", *(str(m[k]) for k in ("fsdd_dev", "fsdd_dev_connected", "sc_dev")),
-                   "--set", "features.normalization=utterance", f"training.epochs={epochs}", *SETTINGS.get(v, [])]
             log = open(work / f"{v}.log", "a")
-            procs.append((v, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
+            procs.append((v, subprocess.Popen(commands[v], stdout=log, stderr=subprocess.STDOUT), log))
         for v, proc, log in procs:
             if proc.wait() != 0:
                 raise RuntimeError(f"training variant {v} failed: see {work / (v + '.log')}")
@@ -208,14 +217,23 @@ def main() -> int:
               "config": str(CONFIG.relative_to(ROOT)), "results": {}}
     for v in variants:
         result["results"][v] = score(args.work / v / "model", m, args.work, args.work / v / "eval")
-    for d in ("greedy", "lexicon"):
-        sets = list(next(iter(result["results"].values()))[d])
-        print(f"\n{d}: | variant | " + " | ".join(sets) + " |\n|---|" + "---|" * len(sets))
-        for v, r in result["results"].items():
-            print(f"| {v} | " + " | ".join(f"{100 * r[d][s]['wer']:.1f}%" for s in sets) + " |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(result, args.out)
     return 0
+
+
+def write_results(result: dict, out: Path, column: str | None = None) -> None:
+    """Print a WER table per decoder of ``result["results"]`` ({variant: {decoder: {set: ...}}},
+    with ``column``, a per-variant value, after the name) and write ``result`` to ``out``."""
+    results = result["results"]
+    for d in ("greedy", "lexicon"):
+        sets = list(next(iter(results.values()))[d])
+        extra = [column] if column else []
+        print(f"\n{d}: | " + " | ".join(["variant", *extra, *sets]) + " |\n|---|" + "---|" * (len(sets) + len(extra)))
+        for v, r in results.items():
+            cells = [v, *(f"{r[column]:,}" for _ in extra), *(f"{100 * r[d][s]['wer']:.1f}%" for s in sets)]
+            print("| " + " | ".join(cells) + " |")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

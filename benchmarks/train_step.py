@@ -45,9 +45,10 @@ def forward_flops(config, frames: int, vocab: int) -> float:
         channels = m.conv_channels
     t_out = output_length(frames)
     width = f * m.conv_channels
+    directions, gates = (2 if m.bidirectional else 1), (4 if m.rnn == "lstm" else 3)
     for _ in range(m.lstm_layers):
-        flops += 2 * 2 * t_out * 4 * m.lstm_units * (width + m.lstm_units)  # 2 directions
-        width = 2 * m.lstm_units
+        flops += 2 * directions * t_out * gates * m.lstm_units * (width + m.lstm_units)
+        width = directions * m.lstm_units
     return flops + 2 * t_out * width * vocab
 
 

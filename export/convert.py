@@ -206,7 +206,12 @@ def export_model(model_dir, out, quantization: str = DEFAULT_QUANTIZATION, calib
     decoder_config = decoder_config if decoder_config is not None else model_decoder_config(model_dir)
     if decoder_config is not None:
         metadata = with_decoder(metadata, decoder_config)
-    flatbuffer = embed(flatbuffer, metadata)
+    return write_tflite(out, embed(flatbuffer, metadata))
+
+
+def write_tflite(out, flatbuffer: bytes) -> Path:
+    """Write ``flatbuffer`` to ``out`` through a temporary name beside it, so that ``out`` is
+    never half-written."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")

@@ -192,3 +192,41 @@ def test_default_model_parameter_count():
     dense = 2 * u * VOCAB + VOCAB
     assert model.count_params() == conv + lstm + dense
     assert 1_000_000 <= model.count_params() <= 1_500_000
+
+
+# ---------------------------------------------------------------- recurrent options
+
+
+@pytest.mark.parametrize("rnn, bidirectional, ahead", [("gru", True, 0), ("lstm", False, 0), ("gru", False, 3)])
+def test_every_recurrent_option_ignores_padding_and_names_its_layers(rng, rnn, bidirectional, ahead):
+    """GRU or LSTM, one direction or two, with or without the lookahead convolution: an
+    utterance gets the same logits alone as padded in a batch (the lookahead sees zeros past
+    its end in both), and the layers are named for what they are."""
+    config = ModelConfig(conv_channels=4, lstm_layers=2, lstm_units=8, rnn=rnn, bidirectional=bidirectional,
+                         lookahead_frames=ahead)
+    net = build_model(config, N_MELS, VOCAB)
+    if ahead:
+        net.get_layer("lookahead").set_weights([rng.normal(0, 1, (ahead + 1, 8)).astype(np.float32)])
+    names = {layer.name for layer in net.layers}
+    assert {config.rnn_layer_name(0), config.rnn_layer_name(1)} <= names
+    assert config.rnn_layer_name(1) == f"{'bi' if bidirectional else ''}{rnn}1"
+    for short, long in ALIGNED[:2] + MISALIGNED[:2]:
+        alone, padded = alone_and_padded(net, rng, short, long)
+        np.testing.assert_allclose(padded, alone, atol=1e-5)
+
+
+def test_recurrent_options_are_checked_and_sized():
+    with pytest.raises(ValueError, match="rnn must be one of lstm, gru"):
+        ModelConfig(rnn="rnn")
+    with pytest.raises(ValueError, match="lookahead_frames must be >= 0"):
+        ModelConfig(lookahead_frames=-1)
+    from asr.model import lookahead_ms
+
+    assert lookahead_ms(ModelConfig()) == 46.0  # 3 frames of the convolutions + half a 512-sample window
+    assert lookahead_ms(ModelConfig(conv_kernel=5)) == 76.0
+    assert lookahead_ms(ModelConfig(lookahead_frames=4)) == 206.0
+    lstm = build_model(ModelConfig(lstm_layers=1, lstm_units=16, bidirectional=False), N_MELS, VOCAB)
+    gru = build_model(ModelConfig(lstm_layers=1, lstm_units=16, bidirectional=False, rnn="gru"), N_MELS, VOCAB)
+    inputs = 20 * 32  # 80 mels halved twice, times 32 channels
+    assert lstm.get_layer("lstm0").count_params() == 4 * (inputs * 16 + 16 * 16 + 16)
+    assert gru.get_layer("gru0").count_params() == 3 * (inputs * 16 + 16 * 16 + 2 * 16)  # reset_after: two biases

@@ -26,7 +26,9 @@
 # --word-scores "..."  word insertion scores tried with each (default "-1 0 1")
 # --beam N             beam size of the LM decoder (default 50)
 # Stages: 0 download, 1 prepare, 2 tokens, 3 features, 4 train, 5 evaluate (average, WER/CER on
-#         every test set, RESULTS.md), 6 export (dynamic-int8 .tflite, evaluated on the first test set),
+#         every test set, RESULTS.md), 6 export (dynamic-int8 .tflite, evaluated on the first test set;
+#         a unidirectional config, e.g. models/configs/librispeech-960-streaming.yaml, also gets
+#         model_streaming.tflite from asr export --streaming),
 #         7 LM download (resource 11: the ARPA, the vocabulary, the lexicon; md5-verified, resumable),
 #         8 LM prepare (lower-cased ARPA, word lexicon from the vocabulary), 9 tune (LM weight and word
 #         score on the dev sets), 10 evaluate every test set with the tuned decoder; RESULTS.md then
@@ -168,6 +170,9 @@ results() {  # RESULTS.md with a row for each eval/<set> given
 
 export_tflite() {
   "$asr" export "$exp/avg-$avg" -o "$exp/model.tflite" --quantization dynamic
+  if grep -q '"bidirectional": false' "$exp/avg-$avg/model.json"; then  # a streaming config: its phone file too
+    "$asr" export --streaming "$exp/avg-$avg" -o "$exp/model_streaming.tflite"
+  fi
   local first=${test_sets%% *}
   "$asr" evaluate --model "$exp/model.tflite" --manifest "data/manifests/$first.jsonl" --out "$exp/eval-tflite/$first"
 }
