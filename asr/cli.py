@@ -310,8 +310,6 @@ def cmd_export(args) -> int:
     from export.convert import QUANTIZATIONS, export_model
 
     if args.streaming:
-        from asr.cli_streaming import cmd_export_streaming
-
         return cmd_export_streaming(args)
     if args.chunk_ms is not None:
         raise ValueError("--chunk-ms goes with --streaming")
@@ -336,6 +334,17 @@ def cmd_export(args) -> int:
     js, md = write_report(report, out.with_name(f"{out.stem}.verify"))
     print(markdown(report))
     print(f"report: {js} and {md}")
+    return 0
+
+
+def cmd_export_streaming(args) -> int:
+    from export.streaming import DEFAULT_CHUNK_MS, export_streaming
+
+    if args.verify or args.calibration:
+        raise ValueError("--verify and --calibration are for whole-file exports, not --streaming")
+    chunk_ms = args.chunk_ms or DEFAULT_CHUNK_MS
+    out = export_streaming(args.model, args.output, chunk_ms, args.quantization, read_decoder_config(args.decoder_config))
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {args.quantization}, streaming, {chunk_ms} ms chunks)")
     return 0
 
 

@@ -3,8 +3,6 @@
     asr transcribe --stream PATH ... [--model FILE.tflite] [--realtime]
         each file read chunk by chunk, as a microphone would deliver it; the partial text
         updates on stderr, the final transcript goes to stdout (--format as without --stream)
-    asr export --streaming MODEL_DIR -o FILE.tflite [--chunk-ms 160]
-        the streaming .tflite of a unidirectional model (export/streaming.py)
     asr stream - | FILE.raw [--model FILE.tflite] [--endpoint SECONDS] [--format txt|json]
         raw 16-bit little-endian mono PCM at 16 kHz (arecord -f S16_LE -r 16000 -c 1 | asr stream -);
         partial text on stderr, each final segment on stdout as it ends (a pause of --endpoint
@@ -81,19 +79,6 @@ class PartialLine:
             self.stream.write("\r\033[K")
             self.stream.flush()
         self.shown = ""
-
-
-def cmd_export_streaming(args) -> int:
-    """``asr export --streaming`` (the export package, as ``asr export`` itself)."""
-    from asr.cli_decoding import read_decoder_config
-    from export.streaming import DEFAULT_CHUNK_MS, export_streaming
-
-    if args.verify or args.calibration:
-        raise ValueError("--verify and --calibration are for whole-file exports, not --streaming")
-    chunk_ms = args.chunk_ms or DEFAULT_CHUNK_MS
-    out = export_streaming(args.model, args.output, chunk_ms, args.quantization, read_decoder_config(args.decoder_config))
-    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB, {args.quantization}, streaming, {chunk_ms} ms chunks)")
-    return 0
 
 
 def cmd_stream(args) -> int:
