@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 
 PCM_BYTES = 2  # S16_LE
-RAW_RATE = 16000  # Hz: what asr stream reads
 ENDPOINT_SECONDS = 0.8  # asr stream: this much blank after some text ends a segment
 
 
@@ -41,7 +40,7 @@ def add_stream_parser(sub) -> None:
 
 
 def streaming_recognizer(model, threads, decoding: dict, endpoint: float | None):
-    """(StreamingRecognizer, model path) for ``model`` (default: the shipped streaming model)."""
+    """A StreamingRecognizer of ``model`` (default: the shipped streaming model)."""
     from asr.decoding import Decoder, resolve, shipped_from_metadata
     from asr.streaming import StreamingModel, StreamingRecognizer
     from asr.transcription import MODELS, default_model
@@ -54,7 +53,7 @@ def streaming_recognizer(model, threads, decoding: dict, endpoint: float | None)
     m = StreamingModel(path, num_threads=threads)
     shipped = shipped_from_metadata(m.metadata, path)
     decoder = Decoder(resolve(shipped, **decoding), m.symbols, m.blank, m.word_boundary, None, shipped)
-    return StreamingRecognizer(m, decoder, endpoint), path
+    return StreamingRecognizer(m, decoder, endpoint)
 
 
 class PartialLine:
@@ -84,7 +83,7 @@ class PartialLine:
 def cmd_stream(args) -> int:
     from asr.cli_decoding import decoder_options
 
-    recognizer, _ = streaming_recognizer(args.model, args.threads, decoder_options(args), args.endpoint)
+    recognizer = streaming_recognizer(args.model, args.threads, decoder_options(args), args.endpoint)
     partial = PartialLine(enabled=not args.no_partials)
     source = sys.stdin.buffer if args.source == "-" else open_raw(args.source)
     block = recognizer.model.chunk_samples * PCM_BYTES
@@ -137,13 +136,13 @@ def print_segment(segment, fmt: str) -> None:
         print(f"{segment.start:.2f}\t{segment.end:.2f}\t{segment.text}", flush=True)
 
 
-def cmd_transcribe_stream(args, paths: list[str], results: list) -> list:
+def cmd_transcribe_stream(args, paths: list[str], results: list) -> None:
     """``asr transcribe --stream``: each of ``paths`` streamed; Transcripts appended to ``results``."""
     from asr.audio import AudioError, load_audio
     from asr.cli_decoding import decoder_options
     from asr.transcript import Transcript
 
-    recognizer, model = streaming_recognizer(args.model, args.threads or 1, decoder_options(args), None)
+    recognizer = streaming_recognizer(args.model, args.threads or 1, decoder_options(args), None)
     partial = PartialLine()
     chunk = recognizer.model.chunk_samples
     seconds = chunk / recognizer.model.sample_rate
@@ -161,4 +160,3 @@ def cmd_transcribe_stream(args, paths: list[str], results: list) -> list:
         segment = recognizer.finish()
         partial.clear()
         results.append(Transcript(path, len(audio) / recognizer.model.sample_rate, (segment,) if segment.text else ()))
-    return results

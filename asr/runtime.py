@@ -74,6 +74,11 @@ def read_metadata(path) -> dict:
     raise ModelFileError(f"{path}: no '{METADATA_NAME}' metadata: this .tflite was not exported by 'asr export'")
 
 
+def is_streaming(metadata: dict) -> bool:
+    """Whether ``metadata`` is a streaming file's (asr export --streaming; asr.streaming runs it)."""
+    return metadata.get("format") == STREAMING_FORMAT
+
+
 def metadata_field(metadata: dict, keys: str, path="model"):
     """The metadata entry at dotted ``keys`` ("input.sample_rate"); ModelFileError naming the
     first missing key."""
@@ -153,10 +158,9 @@ class TFLiteModel:
 
     def __init__(self, path, num_threads: int | None = None, window_frames: int | None = None,
                  context_frames: int = CONTEXT_FRAMES, max_frames: int | None = None, xnnpack: bool = True):
-
         self.path = Path(path)
         self.metadata = read_metadata(self.path)
-        if self.metadata.get("format") == STREAMING_FORMAT:
+        if is_streaming(self.metadata):
             raise ModelFileError(f"{self.path}: a streaming model (one chunk plus state per call): run it with "
                                  f"asr.streaming.StreamingModel ('asr transcribe --stream', 'asr stream'), not as a whole file")
         self.blank, self.symbols, self.word_boundary = decoding_rule(self.metadata, self.path)

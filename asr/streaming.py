@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from asr.runtime import (STREAMING_FORMAT, ModelFileError, decoding_rule, interpreter, metadata_field, quiet_litert_info,
+from asr.runtime import (ModelFileError, decoding_rule, interpreter, is_streaming, metadata_field, quiet_litert_info,
                          read_metadata)
 from asr.text import join_symbols
+from asr.windows import output_frames
 from asr.transcript import Segment  # a final result: start, end, text, words (seconds from the stream's start)
 
 NO_END = -1  # the "end" input while the stream goes on
@@ -32,10 +33,6 @@ FLUSH_CALLS = 2  # zero chunks after the final one suffice for any chunk, plus o
 
 class StreamError(ValueError):
     """A chunk or a state that does not fit the model."""
-
-
-def is_streaming(metadata: dict) -> bool:
-    return metadata.get("format") == STREAMING_FORMAT
 
 
 class StreamingModel:
@@ -50,7 +47,6 @@ class StreamingModel:
         self.blank, self.symbols, self.word_boundary = decoding_rule(self.metadata, self.path)
         s = metadata_field(self.metadata, "streaming", self.path)
         self.chunk_samples, self.chunk_ms = int(s["chunk_samples"]), int(s["chunk_ms"])
-        self.frames_per_chunk = int(s["frames_per_chunk"])
         self.sample_rate = int(metadata_field(self.metadata, "input.sample_rate", self.path))
         self.hop = int(metadata_field(self.metadata, "features.hop_length", self.path))
         self.frame_seconds = float(metadata_field(self.metadata, "output.frame_shift_seconds", self.path))
@@ -74,10 +70,6 @@ class StreamingModel:
         """The state that starts a stream: every tensor zero."""
         return {name: np.zeros(shape, dtype) for name, _, shape, dtype in self.states}
 
-    def num_frames(self, num_samples: int) -> int:
-        """Output frames of a stream of ``num_samples`` samples: ceil((1 + n // hop) / 4)."""
-        return -(-(1 + num_samples // self.hop) // 4)
-
     def step(self, pcm: np.ndarray, state: dict, end: int = NO_END):
         """One chunk: float32 pcm [chunk_samples] and ``state`` (initial_state() or the last
         call's) -> (log_probs [n, vocab] of the rows that are frames, index of the first,
@@ -100,13 +92,13 @@ class StreamingModel:
         log_probs = self.interpreter.get_tensor(self._out["log_probs"])
         index = self.interpreter.get_tensor(self._out["frame_index"])
         new_state = {name: self.interpreter.get_tensor(self._out[out]).copy() for name, out, _, _ in self.states}
-        stop = self.num_frames(end) if end != NO_END else np.iinfo(np.int32).max
+        stop = output_frames(end, self.hop) if end != NO_END else np.iinfo(np.int32).max
         keep = (index >= 0) & (index < stop)
         first = int(index[keep][0]) if keep.any() else int(index[-1]) + 1
         return log_probs[keep].copy(), first, new_state
 
     def log_probs(self, pcm: np.ndarray) -> np.ndarray:
-        """A whole waveform streamed chunk by chunk: [num_frames(len(pcm)), vocab_size]."""
+        """A whole waveform streamed chunk by chunk: [output_frames(len(pcm)), vocab_size]."""
         session = StreamingRecognizer(self)
         session.accept(pcm)
         return session.finish_log_probs()
@@ -173,8 +165,12 @@ class StreamingRecognizer:
             self.segments.append(self._decode())
             self._start_segment(self.frames)
 
+    def _scores(self) -> np.ndarray:
+        """The current segment's log-probabilities [frames, vocab]."""
+        return np.stack(self.segment_scores) if self.segment_scores else np.zeros((0, len(self.model.symbols)), np.float32)
+
     def _decode(self) -> Segment:
-        scores = np.stack(self.segment_scores) if self.segment_scores else np.zeros((0, len(self.model.symbols)), np.float32)
+        scores = self._scores()
         start = self.segment_first * self.model.frame_seconds
         end = min(start + len(scores) * self.model.frame_seconds, self.samples / self.model.sample_rate)
         if self.decoder is None:
@@ -191,7 +187,7 @@ class StreamingRecognizer:
         chunk = np.zeros(c, np.float32)
         chunk[: self.pending.size] = self.pending
         self.pending = np.zeros(0, np.float32)
-        total = self.model.num_frames(end)
+        total = output_frames(end, self.model.hop)
         done = self._run(chunk, end)
         for _ in range(self.model.flush_calls):
             if done >= total:
@@ -204,7 +200,7 @@ class StreamingRecognizer:
         """End the stream; the current segment's log-probabilities [frames, vocab] (the whole
         stream's without endpointing). The recognizer starts a new stream after it."""
         self._flush()
-        scores = np.stack(self.segment_scores) if self.segment_scores else np.zeros((0, len(self.model.symbols)), np.float32)
+        scores = self._scores()
         self.reset()
         return scores
 

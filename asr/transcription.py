@@ -351,8 +351,7 @@ def _load(model, num_threads) -> FileTranscriber:
     if not model.exists():
         raise FileNotFoundError(f"model not found: {model}")
     if model.is_file():
-        from asr.runtime import read_metadata
-        from asr.streaming import is_streaming
+        from asr.runtime import is_streaming, read_metadata
 
         if is_streaming(read_metadata(model)):
             return StreamingFileRecognizer(model, num_threads=num_threads)

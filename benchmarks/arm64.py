@@ -458,8 +458,8 @@ def collect_inputs(paths: list[Path], limit: int | None) -> list[Path]:
 def run_x86(model_path: Path, files: list[Path]):
     """Waveforms, log-probs and transcripts on the host, with the same runtime as the app."""
     from asr.audio import AudioError, load_audio
-    from asr.runtime import TFLiteModel, decode_text, read_metadata
-    from asr.streaming import StreamingModel, is_streaming
+    from asr.runtime import TFLiteModel, decode_text, is_streaming, read_metadata
+    from asr.streaming import StreamingModel
 
     kind = StreamingModel if is_streaming(read_metadata(model_path)) else TFLiteModel
     model = kind(model_path, num_threads=NUM_THREADS)

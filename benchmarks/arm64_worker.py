@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from asr.runtime import TFLiteModel, decode_text, read_metadata
-from asr.streaming import StreamingModel, is_streaming
+from asr.runtime import TFLiteModel, decode_text, is_streaming, read_metadata
+from asr.streaming import StreamingModel
 
 NUM_THREADS = 1  # one interpreter thread: the same kernels and reduction order as the x86 run
 
