@@ -23,7 +23,7 @@ import numpy as np
 
 import asr  # noqa: F401
 from asr.frontend import log_mel_graph
-from export.metadata import INPUT_NAME, OUTPUT_NAME, build_metadata, embed, with_decoder
+from export.metadata import INPUT_NAME, OUTPUT_NAME, build_metadata, embed, pack, unpack, with_decoder
 
 QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
 DEFAULT_QUANTIZATION = "dynamic"
@@ -65,10 +65,9 @@ def float_convolutions(tflite: bytes) -> bytes:
     1024-weight threshold ran 25-50% slower; writing the float Keras kernels back ran as fast
     as the hybrid convolution but made the file 2% larger (26.4% of float32, over the 26%
     target); a DEQUANTIZE of the int8 weights keeps both the speed and the size."""
-    import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(tflite, 0))
+    model = unpack(tflite)
     dequantize = None
     for graph in model.subgraphs:
         added = []
@@ -95,9 +94,7 @@ def float_convolutions(tflite: bytes) -> bytes:
             op.inputs = [len(graph.tensors) - 1 if k == 1 else i for k, i in enumerate(op.inputs)]
             added.append(step)
         graph.operators = added + list(graph.operators)  # weights are constants: dequantize first
-    builder = flatbuffers.Builder(len(tflite) + 64 * 1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    return pack(model, len(tflite) + 64 * 1024)
 
 
 def serving_function(config, stats, twin):

@@ -77,12 +77,27 @@ def decoding_metadata(vocab) -> dict:
     return out
 
 
-def embed(tflite: bytes, metadata: dict) -> bytes:
-    """Return ``tflite`` with ``metadata`` (JSON) added as the METADATA_NAME entry."""
-    import flatbuffers
+def unpack(tflite: bytes):
+    """The flatbuffer as an editable object tree (the schema's ModelT)."""
     from ai_edge_litert import schema_py_generated as schema
 
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(tflite, 0))
+    return schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(tflite, 0))
+
+
+def pack(model, size_hint: int) -> bytes:
+    """A ModelT back to flatbuffer bytes; ``size_hint``: the builder's initial size."""
+    import flatbuffers
+
+    builder = flatbuffers.Builder(size_hint)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def embed(tflite: bytes, metadata: dict) -> bytes:
+    """Return ``tflite`` with ``metadata`` (JSON) added as the METADATA_NAME entry."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = unpack(tflite)
     data = json.dumps(metadata, ensure_ascii=False, sort_keys=True).encode("utf-8")
     buffer = schema.BufferT()
     buffer.data = np.frombuffer(data, np.uint8)
@@ -91,9 +106,7 @@ def embed(tflite: bytes, metadata: dict) -> bytes:
     entry.name = METADATA_NAME
     entry.buffer = len(model.buffers) - 1
     model.metadata = [m for m in (model.metadata or []) if m.name != METADATA_NAME.encode()] + [entry]
-    builder = flatbuffers.Builder(len(tflite) + len(data) + 1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    return pack(model, len(tflite) + len(data) + 1024)
 
 
 def with_decoder(metadata: dict, decoder_config: dict) -> dict:

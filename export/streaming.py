@@ -43,6 +43,7 @@ from asr.model import CONV_LAYERS, SUBSAMPLING, lookahead_ms
 from asr.runtime import STREAMING_FORMAT
 from asr.streaming import NO_END
 from export.convert import ExportError, float_convolutions, write_tflite
+from export.metadata import pack, unpack
 
 CHUNK_MS = (160, 320, 640)  # offered and tested; any multiple of the 40 ms output frame works
 DEFAULT_CHUNK_MS = 160  # measured: README "Streaming" (latency at 160/320/640 ms)
@@ -223,17 +224,12 @@ def streaming_function(config, stats, net, geo: Geometry):
 def name_tensors(tflite: bytes) -> bytes:
     """``tflite`` with each signature input and output tensor named by its signature key (the
     converter's own names, such as "StatefulPartitionedCall:3", change between versions)."""
-    import flatbuffers
-    from ai_edge_litert import schema_py_generated as schema
-
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(tflite, 0))
+    model = unpack(tflite)
     for sig in model.signatureDefs or []:
         graph = model.subgraphs[sig.subgraphIndex]
         for entry in list(sig.inputs) + list(sig.outputs):
             graph.tensors[entry.tensorIndex].name = entry.name
-    builder = flatbuffers.Builder(len(tflite) + 64 * 1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    return pack(model, len(tflite) + 64 * 1024)
 
 
 def per_gate_quantization(tflite: bytes, matrices: list[np.ndarray], gates: int) -> bytes:
@@ -248,10 +244,9 @@ def per_gate_quantization(tflite: bytes, matrices: list[np.ndarray], gates: int)
     computes what the whole-file one computes, up to float rounding, so their texts agree.
     Measured on the FSDD streaming model: per-channel weights changed the greedy text of 2 of
     50 test recordings against the whole-file file; per gate, none."""
-    import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
-    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(tflite, 0))
+    model = unpack(tflite)
     graph = model.subgraphs[0]
     done = set()
     for op in graph.operators:
@@ -280,9 +275,7 @@ def per_gate_quantization(tflite: bytes, matrices: list[np.ndarray], gates: int)
         weights.quantization.scale = scales
         weights.quantization.zeroPoint = [0] * len(scales)
         done.add(index)
-    builder = flatbuffers.Builder(len(tflite) + 64 * 1024)
-    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
-    return bytes(builder.Output())
+    return pack(model, len(tflite) + 64 * 1024)
 
 
 def convert_streaming(config, stats, net, chunk_ms: int = DEFAULT_CHUNK_MS, quantization: str = "dynamic") -> bytes:
