@@ -79,7 +79,11 @@ def rtf(tflite: Path, audio: list, streaming: bool) -> float:
         from asr.streaming import StreamingModel, StreamingRecognizer
 
         model = StreamingModel(tflite, num_threads=1)
-        run = lambda a: (lambda r: (r.accept(a), r.finish()))(StreamingRecognizer(model))  # noqa: E731
+
+        def run(audio):  # one stream: every chunk, then the final (greedy) result
+            stream = StreamingRecognizer(model)
+            stream.accept(audio)
+            stream.finish()
     else:
         from asr.runtime import TFLiteModel
 

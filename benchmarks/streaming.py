@@ -128,12 +128,13 @@ def latency(path: Path, eval_dir: Path, sets: dict) -> dict:
                 partial = recognizer.accept(audio[i : i + c])
                 spent = time.perf_counter() - t
                 compute.append(spent)
-                seen.append((min(i + c, len(audio)) / RATE + spent, partial.split()) if i + c <= len(audio) else None)
+                if i + c <= len(audio):  # a full chunk was computed (a partial one waits for finish)
+                    seen.append(((i + c) / RATE + spent, partial.split()))
             t = time.perf_counter()
             final = recognizer.finish().text.split()
             spent = time.perf_counter() - t
             compute.append(spent)
-            seen = [s for s in seen if s] + [(len(audio) / RATE + spent, final)]
+            seen.append((len(audio) / RATE + spent, final))
             audio_seconds += len(audio) / RATE
             words = truth[utt.id]
             for r, h in hits([w["word"] for w in words], final):
