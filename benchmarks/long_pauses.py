@@ -26,31 +26,13 @@ SEEDS = (0, 1)
 NOISE = (3e-4, 3e-3)  # standard deviation of the noise over the file
 
 
-def joined_digits(recordings: Path, seconds: float, seed: int, noise: float):
-    """(float32 [samples] at 16 kHz, the words): seen speakers' test digits and pauses."""
-    import numpy as np
-
-    from asr.audio import SAMPLE_RATE, load_audio
-    from asr.text import DIGIT_WORDS
-
-    rng = np.random.default_rng(seed)
-    names = [p for p in sorted(recordings.glob("*_[0-4].wav")) if "_george_" not in p.name]
-    pieces, words, total = [], [], 0
-    while total < seconds * SAMPLE_RATE:
-        name = names[rng.integers(len(names))]
-        pieces += [np.zeros(int(rng.uniform(0.3, 1.5) * SAMPLE_RATE), np.float32), load_audio(name)]
-        words.append(DIGIT_WORDS[int(name.name[0])])
-        total += pieces[-2].size + pieces[-1].size
-    pcm = np.concatenate(pieces)
-    return (pcm + rng.normal(0, noise, pcm.size)).astype(np.float32), " ".join(words)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fsdd", type=Path, required=True, help="FSDD copy holding recordings/")
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work" / "augmentation")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "long_pauses.json")
     args = parser.parse_args()
+    from asr.corpora.fsdd import digits_with_pauses
     from asr.evaluation import error_rates
     from asr.report import machine
     from asr.runtime import TFLiteModel
@@ -65,7 +47,7 @@ def main() -> int:
         model = TFLiteModel(tflite, num_threads=1)
         for seed in SEEDS:
             for noise in NOISE:
-                pcm, words = joined_digits(recordings, SECONDS, seed, noise)
+                pcm, words = digits_with_pauses(recordings, SECONDS, seed, noise)
                 wer = error_rates([words], [model.transcribe(pcm)])["wer"]
                 result["wer"][f"{v} seed {seed} noise {noise}"] = round(wer, 4)
                 print(f"{v}, seed {seed}, noise {noise}: WER {100 * wer:.1f}%", flush=True)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from asr.corpora.fsdd import digits_with_pauses
 from benchmarks.long_audio import float_weights  # int8 weights dequantized: the float network
 from conftest import REPO_ROOT
 
@@ -31,25 +32,6 @@ def run_asr(*args, timeout: int = 600):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     return subprocess.run([sys.executable, "-m", "asr", *map(str, args)], capture_output=True, text=True,
                           env=env, timeout=timeout)
-
-
-def joined_digits(fsdd_dir: Path, seconds: float, seed: int = 0) -> tuple[np.ndarray, str]:
-    """About ``seconds`` of real digits at 16 kHz, 0.3-1.5 s pauses with faint noise between
-    them: (float32 [num_samples], the words spoken). Test recordings (0-4) of the speakers the
-    shipped model trained on (george it never heard: these tests are about long files)."""
-    from asr.audio import load_audio
-    from asr.text import DIGIT_WORDS
-
-    rng = np.random.default_rng(seed)
-    names = [p for p in sorted(fsdd_dir.glob("*_[0-4].wav")) if "_george_" not in p.name]
-    pieces, words, total = [], [], 0
-    while total < seconds * SAMPLE_RATE:
-        name = names[rng.integers(len(names))]
-        pieces += [np.zeros(int(rng.uniform(0.3, 1.5) * SAMPLE_RATE), np.float32), load_audio(name)]
-        words.append(DIGIT_WORDS[int(name.name[0])])
-        total += pieces[-2].size + pieces[-1].size
-    pcm = np.concatenate(pieces)
-    return (pcm + rng.normal(0, 3e-4, pcm.size)).astype(np.float32), " ".join(words)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +50,7 @@ def float_tflite(shipped, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def twenty_seconds(fsdd_dir):
-    return joined_digits(fsdd_dir, 20, seed=1)
+    return digits_with_pauses(fsdd_dir, 20, seed=1)
 
 
 # ------------------------------------------------------------------ the window plan
@@ -133,7 +115,7 @@ def test_four_minutes_windowed_give_the_whole_pass_transcript(float_tflite, ship
     from asr.runtime import TFLiteModel
     from asr.windows import plan_windows
 
-    pcm, words = joined_digits(fsdd_dir, 240, seed=2)
+    pcm, words = digits_with_pauses(fsdd_dir, 240, seed=2)
     assert len(plan_windows(pcm.size)) >= 4
     whole = TFLiteModel(float_tflite, num_threads=1, max_frames=10**9)
     text = whole.transcribe(pcm)
@@ -190,7 +172,7 @@ def test_long_file_transcribes_in_bounded_memory(shipped, fsdd_dir, tmp_path, mi
     words = []
     with sf.SoundFile(str(wav), "w", SAMPLE_RATE, 1, "PCM_16") as f:
         for k in range(0, minutes, 2):  # 2 minutes at a time: the test itself stays small
-            pcm, spoken = joined_digits(fsdd_dir, 120, seed=k)
+            pcm, spoken = digits_with_pauses(fsdd_dir, 120, seed=k)
             f.write(pcm)
             words.append(spoken)
     out, rss = peak_rss_mb([sys.executable, "-m", "asr", "transcribe", "--model", str(shipped), "--threads", "1",

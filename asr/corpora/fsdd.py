@@ -166,6 +166,26 @@ def _connected(recs: list[Recording], count: int, rng: np.random.Generator, out_
     return utts, truth
 
 
+def digits_with_pauses(recordings: Path, seconds: float, seed: int = 0, noise: float = 3e-4,
+                       skip_speaker: str = HELDOUT_DEFAULT) -> tuple[np.ndarray, str]:
+    """A long test recording: FSDD test recordings (0-4) of every speaker but ``skip_speaker``
+    (the held-out one: these are the speakers a model trained on), drawn at random (``seed``),
+    each after 0.3-1.5 s of silence, until about ``seconds``; Gaussian noise of standard
+    deviation ``noise`` over it all. Returns (float32 [num_samples] at 16 kHz, the words)."""
+    from asr.audio import SAMPLE_RATE, load_audio
+
+    rng = np.random.default_rng(seed)
+    names = [p for p in sorted(Path(recordings).glob("*_[0-4].wav")) if f"_{skip_speaker}_" not in p.name]
+    pieces, words, total = [], [], 0
+    while total < seconds * SAMPLE_RATE:
+        name = names[rng.integers(len(names))]
+        pieces += [np.zeros(int(rng.uniform(0.3, 1.5) * SAMPLE_RATE), np.float32), load_audio(name)]
+        words.append(DIGIT_WORDS[int(name.name[0])])
+        total += pieces[-2].size + pieces[-1].size
+    pcm = np.concatenate(pieces)
+    return (pcm + rng.normal(0, noise, pcm.size)).astype(np.float32), " ".join(words)
+
+
 def words_path(manifest) -> Path:
     """The word-times file beside a connected manifest: x_connected.jsonl -> x_connected.words.jsonl."""
     manifest = Path(manifest)
